@@ -1,0 +1,75 @@
+"""Saving and loading trained models: weights as safetensors (no pickle), a JSON sidecar saying how
+to rebuild the architecture through the model registry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pipeline.errors import DistillopsError
+from pipeline.io import read_json, write_json, write_with
+from pipeline.params import PluginSpec
+from pipeline.registry import PluginInfo, create
+
+WEIGHTS = "model.safetensors"
+META = "model.json"
+
+
+def build_model(spec: PluginSpec, num_classes: int, in_channels: int) -> tuple[nn.Module, PluginInfo]:
+    model, info = create("models", spec, num_classes=num_classes, in_channels=in_channels)
+    if not isinstance(model, nn.Module):
+        raise DistillopsError(
+            f"models plugin '{spec.name}' ({info.provenance}) returned a "
+            f"{type(model).__name__}, not a torch.nn.Module"
+        )
+    return model, info
+
+
+def save_model(
+    folder: Path,
+    model: nn.Module,
+    spec: PluginSpec,
+    num_classes: int,
+    in_channels: int,
+    info: PluginInfo,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    write_with(folder / WEIGHTS, lambda tmp: save_file(state, str(tmp)))
+    write_json(
+        folder / META,
+        {
+            "model": {"name": spec.name, **dict(spec.kwargs)},
+            "num_classes": num_classes,
+            "in_channels": in_channels,
+            "plugin": info.provenance,
+            "parameters": count_parameters(model),
+            **(extra or {}),
+        },
+    )
+    return folder / WEIGHTS
+
+
+def load_model(folder: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    from safetensors.torch import load_file
+
+    if not (folder / WEIGHTS).exists() or not (folder / META).exists():
+        raise DistillopsError(
+            f"{folder} holds no saved model ({WEIGHTS} + {META}); run the stage that makes it."
+        )
+    meta = read_json(folder / META)
+    spec_raw = dict(meta["model"])
+    spec = PluginSpec(spec_raw.pop("name"), spec_raw)
+    model, _info = build_model(spec, meta["num_classes"], meta["in_channels"])
+    model.load_state_dict(load_file(str(folder / WEIGHTS)))
+    return model.to(device).eval(), meta
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,106 @@
+"""Stage 1, prepare: load Fashion-MNIST and the transfer target task, verify them, split them.
+
+Outputs (in ``paths.prepared``): ``source.npz`` (train/val/test of the source task), ``target.npz``
+(finetune/val/test of the target task; finetune holds ``target.label_budget`` labelled images) and
+``summary.json`` (counts, class histograms, where the data came from, checksums).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline import data, stage, tracking
+from pipeline.errors import ParamsError
+from pipeline.io import write_json
+from pipeline.params import Params
+
+SOURCE_FILE = "source.npz"
+TARGET_FILE = "target.npz"
+SUMMARY_FILE = "summary.json"
+
+
+def split_source(train: data.Split, test: data.Split, params: Params) -> dict[str, data.Split]:
+    val_size = params.data.val_size
+    if val_size >= len(train):
+        raise ParamsError(f"data.val_size ({val_size}) must be smaller than the training set ({len(train)})")
+    perm = data.permutation(len(train), params.seed)
+    val = data.take(train, perm[:val_size])
+    rest = data.take(train, perm[val_size:])
+    test_perm = data.permutation(len(test), params.seed + 1)
+    return {
+        "train": rest.head(params.data.train_limit),
+        "val": val.head(params.data.test_limit),
+        "test": data.take(test, test_perm).head(params.data.test_limit),
+    }
+
+
+def split_target(digits: data.Split, params: Params) -> dict[str, data.Split]:
+    t = params.target
+    if t.test_size + t.val_size + t.label_budget > len(digits):
+        raise ParamsError(
+            f"target.test_size + target.val_size + target.label_budget = "
+            f"{t.test_size + t.val_size + t.label_budget} exceeds the {len(digits)} images of {t.dataset}"
+        )
+    perm = data.permutation(len(digits), params.seed + 2)
+    test = data.take(digits, perm[: t.test_size])
+    val = data.take(digits, perm[t.test_size : t.test_size + t.val_size])
+    pool = perm[t.test_size + t.val_size :]
+    return {
+        "finetune": data.take(digits, pool[: t.label_budget]),
+        "val": val.head(params.data.test_limit),
+        "test": test.head(params.data.test_limit),
+    }
+
+
+def _describe(splits: dict[str, data.Split]) -> dict[str, Any]:
+    return {
+        name: {"count": len(s), "class_counts": np.bincount(s.y, minlength=data.NUM_CLASSES).tolist()}
+        for name, s in splits.items()
+    }
+
+
+def run(params: Params, params_file: Path) -> dict[str, Any]:
+    out = Path(params.paths.prepared)
+    with tracking.stage_run("prepare", params, params_file) as tracker:
+        train, test, info = data.load_fashion_mnist(Path(params.paths.raw), params.data.source)
+        source = split_source(train, test, params)
+        target = split_target(data.load_mnist_5k(), params)
+        data.save_splits(out / SOURCE_FILE, source)
+        data.save_splits(out / TARGET_FILE, target)
+        summary = {
+            "source": {
+                "dataset": params.data.dataset,
+                "classes": list(data.FASHION_CLASSES),
+                **info,
+                "splits": _describe(source),
+            },
+            "target": {
+                "dataset": params.target.dataset,
+                "classes": list(data.DIGIT_CLASSES),
+                "splits": _describe(target),
+            },
+        }
+        write_json(out / SUMMARY_FILE, summary)
+        counts = {f"source.{k}_count": len(v) for k, v in source.items()}
+        counts |= {f"target.{k}_count": len(v) for k, v in target.items()}
+        tracker.log_metrics(counts)
+        tracker.set_tags({"distillops.data_origin": info["origin"]})
+        tracker.log_artifact(out / SUMMARY_FILE)
+        print(
+            f"[prepare] Fashion-MNIST from {info['origin']}: "
+            + ", ".join(f"{k} {len(v)}" for k, v in source.items())
+            + f"; target {params.target.dataset}: "
+            + ", ".join(f"{k} {len(v)}" for k, v in target.items())
+        )
+        return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    stage.main("prepare", run, argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""What every stage's ``main()`` shares: argument parsing, params loading, early validation of every
+plugin selection (so a typo fails in seconds, not after an hour of training), and turning errors into
+clear messages and exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pipeline import interrupts
+from pipeline.data import Split
+from pipeline.errors import DistillopsError
+from pipeline.io import write_text
+from pipeline.modelio import META, WEIGHTS, save_model
+from pipeline.params import Params, PluginSpec, load_params
+from pipeline.registry import PluginInfo, resolve
+from pipeline.tracking import Tracker
+from pipeline.training import Trainer, accuracy, history_csv, predict_logits
+
+HISTORY = "history.csv"
+
+EXIT_USER_ERROR = 2
+
+
+def validate_plugins(params: Params) -> None:
+    """Resolve every plugin the pipeline selects: names exist, modules import, keywords are accepted."""
+    for spec in params.augment.ops:
+        resolve("augmenters", spec)
+    for spec in (params.teacher.model, params.student.model):
+        resolve("models", spec)
+    for spec in (
+        *params.teacher.losses,
+        *params.distill.losses,
+        *params.distill.baseline_losses,
+        *params.transfer.losses,
+    ):
+        resolve("losses", spec)
+
+
+def main(stage: str, run: Callable[[Params, Path], object], argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog=f"python -m pipeline.{stage}", description=f"distillops stage '{stage}'"
+    )
+    parser.add_argument(
+        "--params", default="params.yaml", type=Path, help="params file (default: params.yaml)"
+    )
+    args = parser.parse_args(argv)
+    try:
+        with interrupts.installed():
+            params = load_params(args.params)
+            validate_plugins(params)
+            run(params, args.params)
+    except DistillopsError as exc:
+        print(f"error: stage '{stage}': {exc}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    except interrupts.StageInterrupted as exc:
+        print(
+            f"stage '{stage}' interrupted ({exc}); rerun to resume from the last checkpoint", file=sys.stderr
+        )
+        sys.exit(exc.exit_code)
+    except Exception:
+        traceback.print_exc()
+        print(f"error: stage '{stage}' failed with an unexpected error (traceback above)", file=sys.stderr)
+        sys.exit(1)
+
+
+@dataclass
+class Fitted:
+    model: nn.Module
+    history: list[dict[str, float]]
+    test_accuracy: float
+    seconds: float
+
+
+def checkpoint_path(params: Params, name: str) -> Path:
+    return Path(params.paths.checkpoints) / f"{name}.pt"
+
+
+def fit_and_save(
+    name: str,
+    trainer: Trainer,
+    train: Split,
+    val: Split,
+    test: Split,
+    out_dir: Path,
+    spec: PluginSpec,
+    info: PluginInfo,
+    in_channels: int,
+    trackers: list[Tracker],
+    prefix: str = "",
+) -> Fitted:
+    """Train, test, save (weights, sidecar, history) and log to every tracker given.
+
+    ``trackers[0]`` gets metrics with ``prefix``; the others (a variant run) get them bare.
+    """
+
+    def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        for i, tracker in enumerate(trackers):
+            tracker.log_metrics({f"{prefix if i == 0 else ''}{k}": v for k, v in metrics.items()}, step=epoch)
+
+    trainer.on_epoch = on_epoch
+    result = trainer.fit(train, val)
+    test_logits = predict_logits(trainer.model, torch.from_numpy(test.x), trainer.device)
+    test_acc = accuracy(test_logits, torch.from_numpy(test.y))
+    save_model(
+        out_dir,
+        trainer.model,
+        spec,
+        trainer.num_classes,
+        in_channels,
+        info,
+        {
+            "test_accuracy": test_acc,
+            "train_seconds": round(result.seconds, 2),
+            "epochs": trainer.cfg.epochs,
+            "resumed_from_epoch": result.resumed_from,
+        },
+    )
+    write_text(out_dir / HISTORY, history_csv(result.history))
+    for i, tracker in enumerate(trackers):
+        tracker.log_metrics(
+            {
+                f"{prefix if i == 0 else ''}test_accuracy": test_acc,
+                f"{prefix if i == 0 else ''}train_seconds": result.seconds,
+            }
+        )
+        tracker.log_artifact(out_dir / WEIGHTS, name)
+        tracker.log_artifact(out_dir / META, name)
+        tracker.log_artifact(out_dir / HISTORY, name)
+    if trainer.checkpoint is not None:
+        trainer.checkpoint.unlink(missing_ok=True)
+    print(f"[{trainer.stage}] {name}: test accuracy {test_acc:.4f} ({result.seconds:.0f} s training)")
+    return Fitted(trainer.model, result.history, test_acc, result.seconds)

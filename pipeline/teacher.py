@@ -1,0 +1,64 @@
+"""Stage 2, teacher: train the teacher on the source task.
+
+Output (``<paths.models>/teacher``): ``model.safetensors``, ``model.json``, ``history.csv``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline import stage, tracking
+from pipeline.data import NUM_CLASSES, load_splits
+from pipeline.modelio import build_model
+from pipeline.params import Params
+from pipeline.prepare import SOURCE_FILE
+from pipeline.training import Trainer, build_augmenters, build_losses, plugin_tags, setup_runtime
+
+IN_CHANNELS = 1
+
+
+def out_dir(params: Params) -> Path:
+    return Path(params.paths.models) / "teacher"
+
+
+def run(params: Params, params_file: Path) -> stage.Fitted:
+    cfg = params.teacher
+    device = setup_runtime(params.runtime, params.seed)
+    splits = load_splits(Path(params.paths.prepared) / SOURCE_FILE)
+    model, info = build_model(cfg.model, NUM_CLASSES, IN_CHANNELS)
+    losses = build_losses(cfg.losses, "teacher")
+    augs = build_augmenters(params.augment.ops, "teacher") if cfg.augment else []
+    tags = {**plugin_tags([*losses, *augs]), info.tag: info.provenance}
+    with tracking.stage_run("teacher", params, params_file, tags) as tracker:
+        trainer = Trainer(
+            "teacher",
+            model,
+            losses,
+            cfg,
+            device,
+            params.seed,
+            NUM_CLASSES,
+            augs,
+            checkpoint=stage.checkpoint_path(params, "teacher"),
+            progress=params.runtime.progress,
+        )
+        return stage.fit_and_save(
+            "teacher",
+            trainer,
+            splits["train"],
+            splits["val"],
+            splits["test"],
+            out_dir(params),
+            cfg.model,
+            info,
+            IN_CHANNELS,
+            [tracker],
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    stage.main("teacher", run, argv)
+
+
+if __name__ == "__main__":
+    main()

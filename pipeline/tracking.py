@@ -1,0 +1,308 @@
+"""MLflow tracking for the stages.
+
+* Store: ``MLFLOW_TRACKING_URI`` when set, else a SQLite file at the repository root, resolved to an
+  absolute path (from inside a ``dvc exp run --temp/--queue`` copy, which lives under
+  ``<root>/.dvc/tmp/exps/``, the root is the folder above ``.dvc``), so every run of a repository lands
+  in one store. Experiment: ``MLFLOW_EXPERIMENT_NAME`` when set, else ``mlflow.experiment`` in params.
+* Grouping: the stages of one pipeline configuration (git commit + params file contents, or the
+  ``DISTILLOPS_PIPELINE_ID`` environment variable when set) share one parent run; each stage logs a
+  child run tagged ``distillops.stage``.
+* Status: an exception marks the stage's run FAILED, SIGTERM/SIGINT marks it KILLED, and runs that a
+  killed process left RUNNING on this host are marked KILLED when the next stage starts.
+* Distributed: only the process with ``RANK`` 0 (or no ``RANK``) talks to MLflow; the others get a
+  tracker that does nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from pipeline import interrupts
+from pipeline.params import Params, flatten
+
+STAGE_TAG = "distillops.stage"
+COMMIT_TAG = "distillops.git_commit"
+PIPELINE_TAG = "distillops.pipeline_key"
+PARENT_TAG = "mlflow.parentRunId"
+VARIANT_TAG = "distillops.variant"
+DB_NAME = "mlflow.db"
+ARTIFACTS_DIR = "mlartifacts"
+
+
+def is_primary() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def repo_root(start: Path | None = None) -> Path:
+    """The repository root, also when running inside a DVC experiment's temporary copy."""
+    here = (start or Path.cwd()).resolve()
+    parts = here.parts
+    if ".dvc" in parts:  # <root>/.dvc/tmp/exps/tmpXXXX
+        return Path(*parts[: parts.index(".dvc")])
+    for candidate in (here, *here.parents):
+        if (candidate / ".dvc").is_dir() or (candidate / ".git").exists():
+            return candidate
+    return here
+
+
+def tracking_uri(root: Path | None = None) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root or repo_root()) / DB_NAME}"
+
+
+def git_commit(cwd: Path | None = None) -> tuple[str, bool]:
+    """(commit sha, working tree dirty?) or ("unknown", False) outside git."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=cwd,
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
+        )
+        return sha, dirty
+    except (OSError, subprocess.SubprocessError):
+        return "unknown", False
+
+
+def pipeline_key(params_text: str, commit: str) -> str:
+    explicit = os.environ.get("DISTILLOPS_PIPELINE_ID")
+    if explicit:
+        return explicit
+    return hashlib.sha256(f"{commit}\n{params_text}".encode()).hexdigest()[:16]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Tracker:
+    """A thin handle on the active stage run; every method is a no-op off rank 0."""
+
+    def __init__(
+        self,
+        client: Any = None,
+        run_id: str | None = None,
+        parent_id: str | None = None,
+        experiment_id: str | None = None,
+        base_tags: Mapping[str, str] | None = None,
+    ) -> None:
+        self.client = client
+        self.run_id = run_id
+        self.parent_id = parent_id
+        self.experiment_id = experiment_id
+        self.base_tags = dict(base_tags or {})
+
+    @property
+    def active(self) -> bool:
+        return self.client is not None
+
+    def log_metrics(
+        self, metrics: Mapping[str, float], step: int | None = None, parent: bool = False
+    ) -> None:
+        if not self.active:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        for run_id in [self.run_id] + ([self.parent_id] if parent and self.parent_id else []):
+            self.client.log_batch(run_id, metrics=batch)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        if not self.active:
+            return
+        from mlflow.entities import Param
+
+        items = [Param(k, json.dumps(v) if not isinstance(v, str) else v) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        if not self.active:
+            return
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if self.active and Path(path).exists():
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_figure(self, figure: Any, name: str) -> None:
+        if self.active:
+            self.client.log_figure(self.run_id, figure, name)
+
+    @contextlib.contextmanager
+    def variant(self, name: str, tags: Mapping[str, str] | None = None) -> Iterator[Tracker]:
+        """A run nested under this stage's run for one of the models a stage trains (e.g. the distilled
+        student and the student trained alone), so they can be compared side by side in the UI."""
+        if not self.active:
+            yield Tracker()
+            return
+        run_tags = {**self.base_tags, PARENT_TAG: self.run_id, VARIANT_TAG: name, **(tags or {})}
+        run_tags.pop(STAGE_TAG, None)  # one run per stage carries the stage tag
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=run_tags)
+        with _ended(self.client, run.info.run_id):
+            yield Tracker(self.client, run.info.run_id, self.run_id, self.experiment_id, self.base_tags)
+
+
+@contextlib.contextmanager
+def _ended(client: Any, run_id: str) -> Iterator[None]:
+    """Terminate a run as FINISHED, KILLED (signal) or FAILED (any other exception)."""
+    status = "FAILED"
+    try:
+        yield
+        status = "FINISHED"
+    except interrupts.StageInterrupted:
+        status = "KILLED"
+        raise
+    finally:
+        client.set_terminated(run_id, status=status)
+
+
+def _experiment_id(client: Any, name: str, root: Path) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if "MLFLOW_TRACKING_URI" not in os.environ:
+        location = (root / ARTIFACTS_DIR).as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:  # created concurrently by another stage process
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def mark_stale_runs_killed(client: Any, experiment_id: str) -> list[str]:
+    """Runs left RUNNING by a process of this host that no longer exists become KILLED."""
+    host = socket.gethostname()
+    stale = []
+    runs = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=500)
+    for run in runs:
+        tags = run.data.tags
+        pid = tags.get("distillops.pid")
+        if tags.get("distillops.host") == host and pid and pid.isdigit() and not _pid_alive(int(pid)):
+            client.set_terminated(run.info.run_id, status="KILLED")
+            stale.append(run.info.run_id)
+    return stale
+
+
+def _parent_run(client: Any, experiment_id: str, key: str, commit: str) -> str:
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{PIPELINE_TAG}` = '{key}' and tags.`{STAGE_TAG}` = 'pipeline'",
+        max_results=1,
+        order_by=["attributes.start_time ASC"],
+    )
+    if runs:
+        return runs[0].info.run_id
+    run = client.create_run(
+        experiment_id,
+        run_name=f"pipeline-{key[:8]}",
+        tags={PIPELINE_TAG: key, STAGE_TAG: "pipeline", COMMIT_TAG: commit},
+    )
+    client.set_terminated(run.info.run_id, status="FINISHED")
+    return run.info.run_id
+
+
+@contextlib.contextmanager
+def stage_run(
+    stage: str,
+    params: Params,
+    params_file: str | Path = "params.yaml",
+    plugin_tags: Mapping[str, str] | None = None,
+) -> Iterator[Tracker]:
+    """One MLflow child run for a stage, with the contract's tags, ended with the right status."""
+    with interrupts.installed():
+        if not is_primary():
+            yield Tracker()
+            return
+        from mlflow.tracking import MlflowClient
+
+        root = repo_root()
+        client = MlflowClient(tracking_uri=tracking_uri(root))
+        experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME") or params.mlflow.experiment
+        experiment_id = _experiment_id(client, experiment, root)
+        mark_stale_runs_killed(client, experiment_id)
+        commit, dirty = git_commit()
+        params_text = Path(params_file).read_text() if Path(params_file).exists() else ""
+        parent_id = _parent_run(client, experiment_id, pipeline_key(params_text, commit), commit)
+        tags = {
+            STAGE_TAG: stage,
+            COMMIT_TAG: commit,
+            "distillops.git_dirty": str(dirty).lower(),
+            "distillops.host": socket.gethostname(),
+            "distillops.pid": str(os.getpid()),
+            PARENT_TAG: parent_id,
+            **(plugin_tags or {}),
+        }
+        run = client.create_run(experiment_id, run_name=stage, tags=tags)
+        tracker = Tracker(client, run.info.run_id, parent_id, experiment_id, tags)
+        tracker.log_params(flatten(params))
+        try:
+            with _ended(client, run.info.run_id):
+                yield tracker
+        finally:
+            status = client.get_run(run.info.run_id).info.status
+            print(f"[{stage}] MLflow run {run.info.run_id} {status} in {tracking_uri(root)}", file=sys.stderr)
+
+
+def log_onnx_model(
+    tracker: Tracker, onnx_path: Path, name: str, example: Any, num_classes: int, registered_model: str | None
+) -> str | None:
+    """Log an ONNX model with signature and input example to the tracker's run; register it.
+
+    Returns the registered version, or None when not tracking.
+    """
+    if not tracker.active:
+        return None
+    import mlflow
+    import mlflow.onnx
+    import numpy as np
+    import onnx
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    model = onnx.load(str(onnx_path))
+    in_name = model.graph.input[0].name
+    out_name = model.graph.output[0].name
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *example.shape[1:]), in_name)]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, num_classes), out_name)]),
+    )
+    mlflow.set_tracking_uri(tracker.client.tracking_uri)
+    with mlflow.start_run(run_id=tracker.run_id):
+        info = mlflow.onnx.log_model(
+            model,
+            name=name,
+            signature=signature,
+            input_example={in_name: example},
+            registered_model_name=registered_model,
+            save_as_external_data=False,
+            onnx_execution_providers=["CPUExecutionProvider"],
+        )
+    return str(info.registered_model_version) if registered_model else None
