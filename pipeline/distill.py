@@ -59,6 +59,7 @@ def run(params: Params, params_file: Path) -> dict[str, stage.Fitted]:
                 teacher=teacher if variant == "student" else None,
                 checkpoint=stage.checkpoint_path(params, f"distill-{variant}"),
                 progress=params.runtime.progress,
+                channels_last=params.runtime.channels_last,
                 run_label=variant,
             )
             variant_tags = {**plugin_tags([*augs, *losses[variant]]), model_info.tag: model_info.provenance}

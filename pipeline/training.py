@@ -150,7 +150,7 @@ def _epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)
 
 
-def _make_optimizer(params: list[nn.Parameter], cfg: TrainParams) -> torch.optim.Optimizer:
+def _make_optimizer(params: list[dict[str, Any]], cfg: TrainParams) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -159,11 +159,19 @@ def _make_optimizer(params: list[nn.Parameter], cfg: TrainParams) -> torch.optim
 def _make_scheduler(
     opt: torch.optim.Optimizer, cfg: TrainParams, steps: int
 ) -> torch.optim.lr_scheduler.LRScheduler:
-    if cfg.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.25)
-    if cfg.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _step: 1.0)
+    """Per-step learning-rate factor: one-cycle (linear warm-up over the first quarter, then cosine
+    decay to zero), cosine decay, or constant. Works for any number of steps, even one."""
+    warm = max(1, steps // 4) if cfg.schedule == "onecycle" else 0
+    decay = max(1, steps - warm)
+
+    def factor(step: int) -> float:
+        if cfg.schedule == "constant":
+            return 1.0
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1.0 + math.cos(math.pi * min(step - warm, decay) / decay))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 def config_hash(obj: Any) -> str:
@@ -194,9 +202,13 @@ class Trainer:
     on_epoch: Callable[[int, dict[str, float]], None] | None = None
     progress: bool = True
     run_label: str = ""
+    channels_last: bool = False
+    # learning-rate multiplier per parameter name (e.g. a smaller one for transferred layers)
+    lr_scale: Callable[[str], float] | None = None
 
     def __post_init__(self) -> None:
-        self.model.to(self.device)
+        self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.model.to(self.device, memory_format=self.memory_format)
         self.loss_modules = nn.ModuleList([t.obj for t in self.losses if isinstance(t.obj, nn.Module)]).to(
             self.device
         )
@@ -207,11 +219,24 @@ class Trainer:
                 f"use losses that do not need one (e.g. ce) here."
             )
         if self.teacher is not None:
-            self.teacher.to(self.device).eval()
+            self.teacher.to(self.device, memory_format=self.memory_format).eval()
             for p in self.teacher.parameters():
                 p.requires_grad_(False)
         self.s_taps = tuple(dict.fromkeys(n for t in self.losses for n in student_taps(t.obj)))
         self.t_taps = tuple(dict.fromkeys(n for t in self.losses for n in teacher_taps(t.obj)))
+
+    def _param_groups(self) -> list[dict[str, Any]]:
+        """Trainable parameters of the model and of the loss modules, grouped by learning rate."""
+        groups: dict[float, list[nn.Parameter]] = {}
+        named = [
+            *self.model.named_parameters(),
+            *(("loss." + n, p) for n, p in self.loss_modules.named_parameters()),
+        ]
+        for name, param in named:
+            if param.requires_grad:
+                scale = self.lr_scale(name) if self.lr_scale is not None else 1.0
+                groups.setdefault(float(scale), []).append(param)
+        return [{"params": params, "lr": self.cfg.lr * scale} for scale, params in groups.items()]
 
     # --- checkpoints -------------------------------------------------------------------------------
     def _state(
@@ -265,10 +290,7 @@ class Trainer:
         if n == 0:
             raise DistillopsError(f"stage '{self.stage}': the training split is empty")
         batches_per_epoch = math.ceil(n / cfg.batch_size)
-        trainable = [
-            p for p in [*self.model.parameters(), *self.loss_modules.parameters()] if p.requires_grad
-        ]
-        opt = _make_optimizer(trainable, cfg)
+        opt = _make_optimizer(self._param_groups(), cfg)
         sched = _make_scheduler(opt, cfg, cfg.epochs * batches_per_epoch)
         g = torch.Generator(device=device).manual_seed(self.seed)
         key = config_hash(
@@ -370,7 +392,7 @@ class Trainer:
         cached_teacher: torch.Tensor | None,
     ) -> None:
         device = self.device
-        x = to_float(xb.to(device, non_blocking=True))
+        x = to_float(xb.to(device, non_blocking=True)).contiguous(memory_format=self.memory_format)
         targets = one_hot(yb.to(device), self.num_classes)
         for aug in self.augmenters:
             x, targets = aug(x, targets, g)

@@ -1,8 +1,8 @@
 """Stage 4, transfer: adapt the distilled student to the target task, against a from-scratch baseline.
 
 The transferred model is the student architecture built for the target classes, with every weight
-copied from the distilled student except the head (``transfer.head``: a module name, or ``auto`` for
-the last Linear/Conv layer), which starts fresh. The baseline is the same architecture, same seed,
+copied from the distilled student except the head (``transfer.head``: module names, or ``auto`` for
+the fully connected layers after the last convolution), which starts fresh. The baseline is the same architecture, same seed,
 same target data and training, starting from random weights.
 
 Outputs (``<paths.models>/transferred`` and ``<paths.models>/scratch``).
@@ -10,6 +10,7 @@ Outputs (``<paths.models>/transferred`` and ``<paths.models>/scratch``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from torch import nn
@@ -32,33 +33,45 @@ def out_dir(params: Params, variant: str) -> Path:
     return Path(params.paths.models) / variant
 
 
-def find_head(model: nn.Module, name: str = "auto") -> str:
-    """The module whose weights are not transferred: named, or the last Linear/Conv layer."""
+def find_head(model: nn.Module, names: tuple[str, ...] = ("auto",)) -> tuple[str, ...]:
+    """The modules whose weights are not transferred.
+
+    ``auto``: the fully connected layers after the last convolution (the task-specific classifier on
+    top of the transferable convolutional features); for a model without convolutions, its last
+    Linear layer. Otherwise the named modules.
+    """
     modules = dict(model.named_modules())
-    if name != "auto":
-        if name not in modules:
+    if tuple(names) != ("auto",):
+        missing = [n for n in names if n not in modules]
+        if missing:
             raise DistillopsError(
-                f"transfer.head '{name}' is not a module of the model; modules: "
+                f"transfer.head {missing} not found in the model; its modules are: "
                 f"{', '.join(n for n in modules if n)}"
             )
-        return name
-    candidates = [n for n, m in modules.items() if isinstance(m, nn.Linear | nn.Conv2d)]
-    if not candidates:
+        return tuple(names)
+    order = list(modules.items())
+    convs = [i for i, (_, m) in enumerate(order) if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d)]
+    linears = [i for i, (_, m) in enumerate(order) if isinstance(m, nn.Linear)]
+    if not linears:
         raise DistillopsError(
-            "transfer.head is 'auto' but the model has no Linear or Conv2d layer; "
-            "name the head module in transfer.head"
+            "transfer.head is 'auto' but the model has no Linear layer; name the head "
+            "module(s) in transfer.head"
         )
-    return candidates[-1]
+    after_conv = [i for i in linears if not convs or i > convs[-1]]
+    return tuple(order[i][0] for i in (after_conv if convs else linears[-1:]))
 
 
-def transfer_weights(source: nn.Module, target: nn.Module, head: str) -> dict[str, list[str]]:
+def _in(key: str, modules: tuple[str, ...]) -> bool:
+    return any(key == m or key.startswith(f"{m}.") for m in modules)
+
+
+def transfer_weights(source: nn.Module, target: nn.Module, head: tuple[str, ...]) -> dict[str, list[str]]:
     """Copy every tensor of ``source`` into ``target`` except the head's; returns what was done."""
     src = source.state_dict()
     dst = target.state_dict()
     copied, fresh = [], []
     for key, value in dst.items():
-        in_head = key == head or key.startswith(f"{head}.")
-        if not in_head and key in src and src[key].shape == value.shape:
+        if not _in(key, head) and key in src and src[key].shape == value.shape:
             dst[key] = src[key].clone()
             copied.append(key)
         else:
@@ -70,6 +83,11 @@ def transfer_weights(source: nn.Module, target: nn.Module, head: str) -> dict[st
         )
     target.load_state_dict(dst)
     return {"copied": copied, "fresh": fresh}
+
+
+def _body_lr_scale(head: tuple[str, ...], scale: float) -> Callable[[str], float]:
+    """Copied layers learn at ``scale`` times the learning rate, the fresh head at the full rate."""
+    return lambda name: 1.0 if _in(name, head) else scale
 
 
 def run(params: Params, params_file: Path) -> dict[str, stage.Fitted]:
@@ -86,17 +104,19 @@ def run(params: Params, params_file: Path) -> dict[str, stage.Fitted]:
         for variant in VARIANTS:
             setup_runtime(params.runtime, params.seed)
             model, _ = build_model(params.student.model, NUM_CLASSES, IN_CHANNELS)
+            lr_scale = None
             if variant == "transferred":
                 head = find_head(model, cfg.head)
                 report = transfer_weights(source, model, head)
-                write_json(out_dir(params, variant) / "transfer.json", {"head": head, **report})
+                write_json(out_dir(params, variant) / "transfer.json", {"head": list(head), **report})
                 tracker.log_metrics(
                     {"copied_tensors": len(report["copied"]), "fresh_tensors": len(report["fresh"])}
                 )
                 print(
                     f"[transfer] copied {len(report['copied'])} tensors from the distilled student; "
-                    f"head '{head}' starts fresh ({len(report['fresh'])} tensors)"
+                    f"head {list(head)} starts fresh ({len(report['fresh'])} tensors)"
                 )
+                lr_scale = _body_lr_scale(head, cfg.body_lr_scale)
             trainer = Trainer(
                 "transfer",
                 model,
@@ -108,7 +128,9 @@ def run(params: Params, params_file: Path) -> dict[str, stage.Fitted]:
                 augs,
                 checkpoint=stage.checkpoint_path(params, f"transfer-{variant}"),
                 progress=params.runtime.progress,
+                channels_last=params.runtime.channels_last,
                 run_label=variant,
+                lr_scale=lr_scale,
             )
             with tracker.variant(variant, tags) as vtracker:
                 fitted[variant] = stage.fit_and_save(

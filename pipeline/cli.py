@@ -1,0 +1,121 @@
+"""The ``distillops`` command.
+
+distillops plugins list [--json]   every plugin: group, name, distribution==version, status, summary
+distillops plugins check           import every plugin and run the contract checks on it
+distillops predict MODEL.onnx IMAGES.npy   classify images with ONNX Runtime alone
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import sys
+from typing import Any
+
+from pipeline import registry
+from pipeline.errors import DistillopsError
+
+
+def plugin_rows(load: bool = True) -> list[dict[str, Any]]:
+    """One row per discovered plugin; ``load`` imports each to report its status and summary."""
+    rows = []
+    for group in registry.GROUPS:
+        for name, info in registry.find(group).items():
+            row = {
+                "group": group,
+                "name": name,
+                "distribution": info.provenance,
+                "entry_point": info.value,
+                "status": "ok",
+                "summary": "",
+            }
+            if info.conflicts:
+                row["status"] = "conflict: also offered by " + ", ".join(info.conflicts)
+            elif load:
+                try:
+                    factory = info.load()
+                    doc = inspect.getdoc(factory) or ""
+                    row["summary"] = doc.strip().splitlines()[0] if doc.strip() else ""
+                    names, _ = registry.accepted_keywords(factory)
+                    row["keywords"] = [n for n in names if n not in registry.MODEL_ARGS]
+                except DistillopsError as exc:
+                    row["status"] = f"broken: {exc}"
+            rows.append(row)
+    return rows
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
+    lines += ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns) for r in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def cmd_plugins_list(args: argparse.Namespace) -> int:
+    rows = plugin_rows()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(_table(rows, ["group", "name", "distribution", "status", "summary"]))
+    return 0
+
+
+def cmd_plugins_check(_args: argparse.Namespace) -> int:
+    from pipeline.contract import check_plugin
+
+    failures = 0
+    for row in plugin_rows():
+        if row["status"] != "ok":
+            print(f"FAIL {row['group']}/{row['name']} ({row['distribution']}): {row['status']}")
+            failures += 1
+            continue
+        info = registry.find(row["group"])[row["name"]]
+        problems = check_plugin(info)
+        status = "ok" if not problems else "FAIL"
+        print(
+            f"{status:4} {row['group']}/{row['name']} ({row['distribution']})"
+            + "".join(f"\n       - {p}" for p in problems)
+        )
+        failures += bool(problems)
+    print(f"{failures} plugin(s) failed" if failures else "all plugins pass the contract checks")
+    return 1 if failures else 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from pipeline import predict
+
+    return predict.main([args.model, *args.images, *(["--top", str(args.top)])])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="distillops", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    plugins = sub.add_parser("plugins", help="list and check installed plugins")
+    psub = plugins.add_subparsers(dest="plugins_command", required=True)
+    plist = psub.add_parser("list", help="list every plugin with its distribution and status")
+    plist.add_argument("--json", action="store_true", help="machine-readable output")
+    plist.set_defaults(func=cmd_plugins_list)
+    pcheck = psub.add_parser("check", help="import every plugin and run the contract checks")
+    pcheck.set_defaults(func=cmd_plugins_check)
+    pred = sub.add_parser("predict", help="classify images with an exported ONNX model (onnxruntime + numpy)")
+    pred.add_argument("model")
+    pred.add_argument("images", nargs="+")
+    pred.add_argument("--top", type=int, default=1)
+    pred.set_defaults(func=cmd_predict)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        sys.exit(args.func(args))
+    except DistillopsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""Shared fixtures: tiny params, an isolated MLflow SQLite store, fake plugin distributions."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_params_dict(**overrides: object) -> dict:
+    """The repository's params.yaml shrunk to a smoke-test size (a few hundred samples, one epoch)."""
+    p = yaml.safe_load((REPO / "params.yaml").read_text())
+    p["data"]["train_limit"] = 512
+    p["data"]["test_limit"] = 256
+    for stage in ("teacher", "distill", "transfer"):
+        p[stage]["epochs"] = 1
+    p["target"]["label_budget"] = 100
+    p["export"]["calibration_samples"] = 64
+    p["evaluate"]["latency_warmup"] = 2
+    p["evaluate"]["latency_repeats"] = 10
+    p["runtime"]["progress"] = False
+    for dotted, value in overrides.items():
+        node = p
+        *head, last = dotted.split(".")
+        for key in head:
+            node = node[key]
+        node[last] = value
+    return p
+
+
+@pytest.fixture
+def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "tests")
+    return uri
+
+
+@pytest.fixture
+def fake_dist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Path]]:
+    """Install a real (if minimal) distribution on sys.path: a dist-info folder plus its modules.
+
+    ``fake_dist("acme-plugins", "1.2.0", {"distillops.losses": {"huber": "acme_losses:huber"}},
+    {"acme_losses.py": "def huber(): ..."})``
+    """
+    root = tmp_path / "site"
+    root.mkdir()
+    monkeypatch.syspath_prepend(str(root))
+    created: list[str] = []
+
+    def make(
+        name: str,
+        version: str,
+        entry_points: dict[str, dict[str, str]],
+        modules: dict[str, str] | None = None,
+    ) -> Path:
+        info = root / f"{name.replace('-', '_')}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+        lines = []
+        for group, eps in entry_points.items():
+            lines.append(f"[{group}]")
+            lines += [f"{k} = {v}" for k, v in eps.items()]
+        (info / "entry_points.txt").write_text("\n".join(lines) + "\n")
+        for filename, source in (modules or {}).items():
+            (root / filename).write_text(textwrap.dedent(source))
+            created.append(filename.removesuffix(".py"))
+        importlib.invalidate_caches()
+        return info
+
+    yield make
+    for mod in created:
+        sys.modules.pop(mod, None)
+    from pipeline import registry
+
+    registry._load.cache_clear()

@@ -1,0 +1,210 @@
+"""End to end: the real `dvc repro` of all six stages on a tiny configuration, in a temporary copy of
+the repository, with the default MLflow store (SQLite at the copy's root)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from tests.conftest import REPO, tiny_params_dict
+
+pytestmark = pytest.mark.slow
+
+CONTRACT_KEYS = {
+    "teacher.accuracy",
+    "student_alone.accuracy",
+    "student.accuracy",
+    "student.onnx_accuracy",
+    "student.onnx_bytes",
+    "student.latency_ms.torch_b1",
+    "student.latency_ms.onnx_b1",
+    "transfer.accuracy",
+    "transfer.scratch_accuracy",
+}
+STAGES = ["prepare", "teacher", "distill", "transfer", "export", "evaluate"]
+
+
+def sh(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+        )
+    return result
+
+
+def copy_repo(dest: Path) -> Path:
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
+    for rel in filter(None, files):
+        src = REPO / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def pipeline_env():
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env["GIT_AUTHOR_NAME"] = env["GIT_COMMITTER_NAME"] = "tests"
+    env["GIT_AUTHOR_EMAIL"] = env["GIT_COMMITTER_EMAIL"] = "tests@example.invalid"
+    return env
+
+
+@pytest.fixture(scope="module")
+def repro(tmp_path_factory, pipeline_env):
+    repo = copy_repo(tmp_path_factory.mktemp("clone"))
+    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict(), sort_keys=False))
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "tiny"]):
+        sh(cmd, repo, pipeline_env)
+    result = sh(["dvc", "repro"], repo, pipeline_env)
+    return repo, result
+
+
+def test_all_stages_ran_in_order_and_wrote_outputs(repro):
+    repo, result = repro
+    positions = [result.stdout.index(f"Running stage '{s}'") for s in STAGES]
+    assert positions == sorted(positions)
+    for path in [
+        "data/prepared/source.npz",
+        "data/prepared/target.npz",
+        "data/prepared/summary.json",
+        "models/teacher/model.safetensors",
+        "models/student/model.safetensors",
+        "models/student_alone/model.safetensors",
+        "models/transferred/model.safetensors",
+        "models/scratch/model.safetensors",
+        "models/onnx/student.onnx",
+        "models/onnx/student_int8.onnx",
+        "reports/metrics.json",
+        "reports/plots/confusion.csv",
+        "reports/plots/training_curves.png",
+    ]:
+        assert (repo / path).is_file(), path
+    summary = json.loads((repo / "data/prepared/summary.json").read_text())
+    assert summary["source"]["splits"]["train"]["count"] == 512
+
+
+def test_metrics_have_the_contract_keys_with_sane_values(repro):
+    repo, _ = repro
+    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    assert set(metrics) >= CONTRACT_KEYS
+    for key in CONTRACT_KEYS:
+        if key.endswith("accuracy"):
+            assert 0.0 <= metrics[key] <= 1.0, key
+    assert metrics["student.onnx_accuracy"] == pytest.approx(metrics["student.accuracy"], abs=0.01)
+    assert metrics["student.onnx_bytes"] == (repo / "models/onnx/student.onnx").stat().st_size
+
+
+def test_dvc_lists_the_metrics(repro, pipeline_env):
+    repo, _ = repro
+    shown = json.loads(sh(["dvc", "metrics", "show", "--json"], repo, pipeline_env).stdout)
+    text = json.dumps(shown)
+    assert "teacher.accuracy" in text and "transfer.scratch_accuracy" in text
+
+
+def test_mlflow_has_one_run_per_stage_grouped_and_tagged(repro):
+    from mlflow.tracking import MlflowClient
+
+    repo, _ = repro
+    assert (repo / "mlflow.db").is_file()
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("distillops")
+    runs = client.search_runs([exp.experiment_id], max_results=200)
+    stage_runs = {r.data.tags.get("distillops.stage"): r for r in runs}
+    assert set(STAGES) <= set(stage_runs)
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True
+    ).stdout.strip()
+    parent_ids = {stage_runs[s].data.tags["mlflow.parentRunId"] for s in STAGES}
+    assert len(parent_ids) == 1 and stage_runs["pipeline"].info.run_id in parent_ids
+    for stage in STAGES:
+        run = stage_runs[stage]
+        assert run.info.status == "FINISHED", stage
+        assert run.data.tags["distillops.git_commit"] == commit
+    teacher_tags = stage_runs["teacher"].data.tags
+    for tag in (
+        "plugins.models.resnet8",
+        "plugins.losses.ce",
+        "plugins.augmenters.flip",
+        "plugins.augmenters.crop",
+    ):
+        assert teacher_tags[tag].startswith("distillops=="), tag
+    assert stage_runs["distill"].data.tags["plugins.losses.kd"].startswith("distillops==")
+    history = client.get_metric_history(stage_runs["teacher"].info.run_id, "val_accuracy")
+    assert [m.step for m in history] == [1]
+    variants = {r.data.tags.get("distillops.variant") for r in runs}
+    assert {"student", "student_alone", "transferred", "scratch"} <= variants
+    assert stage_runs["pipeline"].data.metrics["student.accuracy"] >= 0  # summary on the parent run
+    versions = client.search_model_versions("name='distillops-student'")
+    assert versions and versions[0].run_id == stage_runs["export"].info.run_id
+
+
+def test_registered_onnx_model_loads_with_signature_and_predicts(repro):
+    import mlflow.pyfunc
+
+    repo, _ = repro
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
+    model = mlflow.pyfunc.load_model("models:/distillops-student/1")
+    assert model.metadata.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == [-1, 1, 28, 28]
+    out = model.predict({"pixels": np.zeros((3, 1, 28, 28), np.float32)})
+    assert next(iter(out.values())).shape == (3, 10)
+
+
+def test_onnx_matches_pytorch_at_batch_1_7_32(repro):
+    import onnxruntime as ort
+    import torch
+
+    from pipeline.modelio import load_model
+
+    repo, _ = repro
+    model, _ = load_model(repo / "models/student")
+    session = ort.InferenceSession(str(repo / "models/onnx/student.onnx"), providers=["CPUExecutionProvider"])
+    test = np.load(repo / "data/prepared/source.npz")["x_test"]
+    for b in (1, 7, 32):
+        x = test[:b].astype(np.float32) / 255
+        expected = model(torch.from_numpy(x)).detach().numpy()
+        got = session.run(None, {"pixels": x})[0]
+        assert np.abs(got - expected).max() <= 1e-4 and (got.argmax(1) == expected.argmax(1)).all()
+
+
+def test_predict_command_needs_only_onnxruntime_and_numpy(repro, pipeline_env):
+    repo, _ = repro
+    images = np.load(repo / "data/prepared/source.npz")["x_test"][:3]
+    np.save(repo / "three.npy", images)
+    code = (
+        "import sys, runpy; sys.modules['torch'] = None; sys.modules['mlflow'] = None; "
+        "sys.argv = ['predict', 'models/onnx/student.onnx', 'three.npy', '--top', '2']; "
+        "runpy.run_module('pipeline.predict', run_name='__main__')"
+    )
+    out = sh([sys.executable, "-c", code], repo, pipeline_env, check=False)
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert len(rows) == 3 and len(rows[0]["predictions"]) == 2
+
+
+def test_second_repro_does_nothing(repro, pipeline_env):
+    repo, _ = repro
+    lock = (repo / "dvc.lock").read_text()
+    t0 = time.perf_counter()
+    again = sh(["dvc", "repro"], repo, pipeline_env)
+    elapsed = time.perf_counter() - t0
+    assert "Running stage" not in again.stdout
+    assert (repo / "dvc.lock").read_text() == lock
+    print(f"second dvc repro: {elapsed:.1f} s")

@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from pipeline.errors import DistillopsError
+from pipeline.export import check_parity, export_onnx, ort_session
+from pipeline.params import PluginSpec
+from pipeline.registry import create
+from pipeline.transfer import find_head, transfer_weights
+
+
+def lenet(seed: int, classes: int = 10) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return create("models", PluginSpec("lenet5"), num_classes=classes, in_channels=1)[0].eval()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    model = lenet(0)
+    path = export_onnx(model, tmp_path_factory.mktemp("onnx") / "m.onnx", torch.rand(2, 1, 28, 28), 18)
+    return model, path
+
+
+def test_export_has_a_dynamic_batch_axis(exported):  # behaviour 9
+    _, path = exported
+    dims = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param and not dims[0].dim_value
+    assert [d.dim_value for d in dims[1:]] == [1, 28, 28]
+    session = ort_session(path)
+    for b in (1, 7, 32, 100):
+        assert session.run(None, {"pixels": np.zeros((b, 1, 28, 28), np.float32)})[0].shape == (b, 10)
+
+
+def test_parity_passes_for_the_exported_model(exported):
+    model, path = exported
+    images = (np.random.default_rng(0).random((40, 1, 28, 28)) * 255).astype(np.uint8)
+    report = check_parity(model, path, images, (1, 7, 32), 1e-4)
+    assert set(report) == {"1", "7", "32"}
+    assert all(r["max_abs_diff"] <= 1e-4 and r["same_argmax"] for r in report.values())
+
+
+def test_parity_fails_when_onnx_and_torch_disagree(exported):
+    _, path = exported
+    images = (np.random.default_rng(0).random((40, 1, 28, 28)) * 255).astype(np.uint8)
+    with pytest.raises(DistillopsError, match=r"m.onnx: ONNX Runtime disagrees with PyTorch at batch 1"):
+        check_parity(lenet(1), path, images, (1, 7, 32), 1e-4)
+
+
+def test_auto_head_is_the_fully_connected_layers_after_the_last_conv():
+    assert find_head(lenet(0)) == ("classifier.1", "classifier.3", "fc")
+    resnet = create("models", PluginSpec("resnet8"), num_classes=10, in_channels=1)[0]
+    assert find_head(resnet) == ("fc",)
+    mlp = create("models", PluginSpec("mlp"), num_classes=10, in_channels=1)[0]
+    assert find_head(mlp) == ("fc",)
+
+
+def test_transfer_copies_everything_but_the_head():
+    source, target = lenet(0), lenet(1, classes=5)
+    report = transfer_weights(source, target, find_head(target))
+    assert set(report["fresh"]) == {
+        f"{m}.{p}" for m in ("classifier.1", "classifier.3", "fc") for p in ("weight", "bias")
+    }
+    assert {"features.0.weight", "features.3.bias"} <= set(report["copied"])
+    for key in report["copied"]:
+        assert torch.equal(source.state_dict()[key], target.state_dict()[key])
+    assert target.fc.out_features == 5
+
+
+def test_transfer_replaces_head_even_when_class_count_matches():
+    source, target = lenet(0), lenet(1)
+    fresh_head = target.fc.weight.clone()
+    transfer_weights(source, target, ("fc",))
+    assert torch.equal(target.fc.weight, fresh_head)
+    assert torch.equal(target.features[0].weight, source.features[0].weight)
+
+
+def test_named_head_must_exist():
+    with pytest.raises(DistillopsError, match=r"transfer.head \['nope'\] not found"):
+        find_head(lenet(0), ("nope",))
+    assert find_head(lenet(0), ("fc",)) == ("fc",)

@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.errors import ParamsError
+from pipeline.params import LossSpec, Params, PluginSpec, flatten, load_params, parse_params
+from tests.conftest import REPO
+
+
+def write(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_repository_params_file_parses_and_matches_dataclass_defaults():
+    assert load_params(REPO / "params.yaml") == Params()
+
+
+def test_every_default_in_params_yaml_has_a_comment_saying_why():
+    for number, line in enumerate((REPO / "params.yaml").read_text().splitlines(), 1):
+        stripped = line.strip()
+        if (
+            stripped
+            and not stripped.startswith(("#", "- {", "- "))
+            and ":" in stripped
+            and not stripped.endswith(":")
+        ):
+            assert "#" in line, f"params.yaml line {number} has no comment: {line!r}"
+
+
+def test_unknown_key_names_file_key_and_suggestion(tmp_path):
+    path = write(tmp_path, {"teacher": {"epoch": 3}})
+    with pytest.raises(ParamsError) as err:
+        load_params(path)
+    message = str(err.value)
+    assert str(path) in message
+    assert "teacher.epoch" in message
+    assert "did you mean 'teacher.epochs'" in message
+
+
+def test_unknown_top_level_key(tmp_path):
+    with pytest.raises(ParamsError, match=r"sed: unknown key \(did you mean 'seed'\?\)"):
+        load_params(write(tmp_path, {"sed": 1}))
+
+
+@pytest.mark.parametrize(
+    ("data", "key", "expected"),
+    [
+        ({"teacher": {"epochs": "five"}}, "teacher.epochs", "an integer"),
+        ({"teacher": {"epochs": True}}, "teacher.epochs", "an integer"),
+        ({"teacher": {"lr": "fast"}}, "teacher.lr", "a number"),
+        ({"runtime": {"deterministic": 1}}, "runtime.deterministic", "true or false"),
+        ({"data": {"train_limit": 2.5}}, "data.train_limit", "an integer"),
+        ({"augment": {"ops": {"name": "flip"}}}, "augment.ops", "a list"),
+        ({"distill": {"losses": [{"weight": 1.0}]}}, "distill.losses[0]", "'name'"),
+        ({"distill": {"losses": [{"name": "kd", "weight": "x"}]}}, "distill.losses[0].weight", "a number"),
+    ],
+)
+def test_wrong_types_name_the_key(tmp_path, data, key, expected):
+    with pytest.raises(ParamsError) as err:
+        load_params(write(tmp_path, data))
+    assert f"{key}:" in str(err.value)
+    assert expected in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("data", "key"),
+    [
+        ({"teacher": {"epochs": 0}}, "teacher.epochs"),
+        ({"data": {"source": "internet"}}, "data.source"),
+        ({"runtime": {"device": "tpu"}}, "runtime.device"),
+        ({"distill": {"losses": []}}, "distill.losses"),
+        ({"export": {"atol": 0}}, "export.atol"),
+        ({"transfer": {"lr": -1}}, "transfer.lr"),
+    ],
+)
+def test_invalid_values_name_the_key(tmp_path, data, key):
+    with pytest.raises(ParamsError, match=key.replace(".", r"\.")):
+        load_params(write(tmp_path, data))
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ParamsError, match="file not found"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("teacher: [unclosed\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(bad)
+
+
+def test_plugin_selections_parse_with_kwargs_and_weights():
+    p = parse_params(
+        {
+            "augment": {"ops": [{"name": "rotation", "degrees": 10}, "flip"]},
+            "distill": {"losses": [{"name": "kd", "weight": 0.9, "temperature": 2}, {"name": "ce"}]},
+            "data": {"train_limit": None, "test_limit": 100},
+            "teacher": {"lr": 1},
+        }
+    )
+    assert p.augment.ops == (PluginSpec("rotation", {"degrees": 10}), PluginSpec("flip", {}))
+    assert p.distill.losses[0] == LossSpec("kd", {"temperature": 2}, 0.9)
+    assert p.distill.losses[1].weight == 1.0
+    assert p.data.test_limit == 100 and p.data.train_limit is None
+    assert p.teacher.lr == 1.0 and isinstance(p.teacher.lr, float)
+
+
+def test_params_are_frozen():
+    p = Params()
+    with pytest.raises(AttributeError):
+        p.seed = 3  # type: ignore[misc]
+
+
+def test_flatten_gives_dotted_keys_for_logging():
+    flat = flatten(Params())
+    assert flat["teacher.model.name"] == "resnet8"
+    assert flat["distill.losses.0.name"] == "kd"
+    assert flat["distill.losses.0.weight"] == Params().distill.losses[0].weight
+    assert flat["data.train_limit"] is None

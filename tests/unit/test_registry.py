@@ -1,0 +1,161 @@
+"""Plugin discovery, loading and building, including the fault behaviours 14-17 of the reference,
+with real (minimal) distributions installed on sys.path by the ``fake_dist`` fixture."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from pipeline import registry
+from pipeline.cli import plugin_rows
+from pipeline.errors import PluginError
+from pipeline.params import PluginSpec
+
+GOOD_LOSS = """
+def huber(delta: float = 1.0):
+    \"\"\"Huber loss on logits.\"\"\"
+    import torch
+    def loss(inputs):
+        return torch.nn.functional.huber_loss(inputs.student_logits, inputs.teacher_logits, delta=delta)
+    return loss
+"""
+
+
+def test_builtins_are_discovered_from_entry_points_with_distribution():
+    assert {"flip", "crop", "rotation"} <= set(registry.find("augmenters"))
+    assert {"ce", "kd"} <= set(registry.find("losses"))
+    assert {"resnet8", "lenet5"} <= set(registry.find("models"))
+    info = registry.find("losses")["kd"]
+    assert info.provenance.startswith("distillops==")
+    assert info.tag == "plugins.losses.kd"
+
+
+def test_discovery_does_not_import_plugin_modules(fake_dist):
+    fake_dist(
+        "acme-lazy",
+        "0.1",
+        {"distillops.losses": {"lazy": "acme_lazy:factory"}},
+        {"acme_lazy.py": "raise RuntimeError('imported too early')\n"},
+    )
+    found = registry.find("losses")
+    assert "lazy" in found
+    assert "acme_lazy" not in sys.modules
+
+
+def test_third_party_plugin_builds_and_reports_its_distribution(fake_dist):
+    fake_dist(
+        "acme-losses",
+        "1.2.0",
+        {"distillops.losses": {"huber": "acme_losses:huber"}},
+        {"acme_losses.py": GOOD_LOSS},
+    )
+    loss, info = registry.create("losses", PluginSpec("huber", {"delta": 0.5}))
+    assert callable(loss)
+    assert info.provenance == "acme-losses==1.2.0"
+
+
+def test_broken_import_is_listed_as_broken_and_others_keep_working(fake_dist):  # behaviour 14
+    fake_dist(
+        "acme-broken",
+        "0.3",
+        {"distillops.losses": {"broken": "acme_broken:factory"}},
+        {"acme_broken.py": "import not_a_real_module_xyz\n"},
+    )
+    rows = {r["name"]: r for r in plugin_rows() if r["group"] == "losses"}
+    assert rows["broken"]["status"].startswith("broken")
+    assert "acme-broken==0.3" in rows["broken"]["status"]
+    assert "ModuleNotFoundError" in rows["broken"]["status"]
+    assert rows["kd"]["status"] == "ok"
+    registry.create("losses", PluginSpec("kd"))  # still works
+    with pytest.raises(PluginError) as err:
+        registry.create("losses", PluginSpec("broken"))
+    message = str(err.value)
+    assert "acme-broken==0.3" in message
+    assert "broken = acme_broken:factory" in message
+    assert "not_a_real_module_xyz" in message
+
+
+def test_non_callable_entry_point_is_reported_the_same_way(fake_dist):  # behaviour 15
+    fake_dist(
+        "acme-const",
+        "2.0",
+        {"distillops.augmenters": {"const": "acme_const:VALUE"}},
+        {"acme_const.py": "VALUE = 42\n"},
+    )
+    rows = {r["name"]: r for r in plugin_rows() if r["group"] == "augmenters"}
+    assert "not callable" in rows["const"]["status"] and "acme-const==2.0" in rows["const"]["status"]
+    assert rows["flip"]["status"] == "ok"
+    with pytest.raises(PluginError, match=r"const = acme_const:VALUE.*acme-const==2.0.*not callable"):
+        registry.create("augmenters", PluginSpec("const"))
+
+
+def test_same_name_from_two_distributions_fails_naming_both(fake_dist):  # behaviour 16
+    fake_dist(
+        "acme-a",
+        "1.0",
+        {"distillops.losses": {"twin": "acme_a:f"}},
+        {"acme_a.py": GOOD_LOSS.replace("huber", "f")},
+    )
+    fake_dist(
+        "acme-b",
+        "2.0",
+        {"distillops.losses": {"twin": "acme_b:f"}},
+        {"acme_b.py": GOOD_LOSS.replace("huber", "f")},
+    )
+    with pytest.raises(PluginError) as err:
+        registry.create("losses", PluginSpec("twin"))
+    assert "acme-a==1.0" in str(err.value) and "acme-b==2.0" in str(err.value)
+    rows = {r["name"]: r for r in plugin_rows() if r["group"] == "losses"}
+    assert rows["twin"]["status"].startswith("conflict")
+    registry.create("losses", PluginSpec("ce"))  # the rest of the group is unaffected
+
+
+def test_unknown_name_lists_available_and_suggests():
+    with pytest.raises(PluginError) as err:
+        registry.create("losses", PluginSpec("kdd"))
+    assert "Did you mean 'kd'?" in str(err.value)
+    assert "ce" in str(err.value)
+
+
+def test_unknown_keyword_lists_accepted_ones():
+    with pytest.raises(PluginError) as err:
+        registry.create("losses", PluginSpec("kd", {"temp": 3}))
+    assert "'temp'" in str(err.value) and "temperature" in str(err.value)
+
+
+def test_model_factories_get_classes_and_channels_but_users_cannot_pass_them():
+    model, _ = registry.create("models", PluginSpec("lenet5"), num_classes=7, in_channels=1)
+    assert model.fc.out_features == 7
+    with pytest.raises(PluginError, match="num_classes"):
+        registry.resolve("models", PluginSpec("lenet5", {"num_classes": 3}))
+
+
+def test_factory_error_at_build_names_plugin():
+    with pytest.raises(PluginError, match=r"kd.*temperature must be > 0"):
+        registry.create("losses", PluginSpec("kd", {"temperature": -1}))
+
+
+def test_cli_plugins_list_json():
+    out = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "plugins", "list", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rows = json.loads(out)
+    kd = next(r for r in rows if r["group"] == "losses" and r["name"] == "kd")
+    assert kd["distribution"].startswith("distillops==") and kd["status"] == "ok" and kd["summary"]
+
+
+def test_cli_plugins_list_table_shows_group_name_distribution():
+    out = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "plugins", "list"], capture_output=True, text=True, check=True
+    ).stdout
+    header, *lines = out.splitlines()
+    assert header.split()[:4] == ["group", "name", "distribution", "status"]
+    assert any(
+        line.split()[:3] == ["models", "lenet5", line.split()[2]] and "distillops==" in line for line in lines
+    )
