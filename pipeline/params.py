@@ -111,7 +111,8 @@ class StudentParams:
 @dataclass(frozen=True)
 class DistillParams(TrainParams):
     epochs: int = 10
-    losses: tuple[LossSpec, ...] = (LossSpec("kd", {"temperature": 4.0}, 0.7), LossSpec("ce", {}, 0.3))
+    augment: bool = False
+    losses: tuple[LossSpec, ...] = (LossSpec("kd", {"temperature": 1.0}, 0.5), LossSpec("ce", {}, 0.5))
     baseline_losses: tuple[LossSpec, ...] = (LossSpec("ce"),)
 
 

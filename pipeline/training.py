@@ -419,10 +419,11 @@ class Trainer:
                         f"{type(value).__name__} of shape {getattr(value, 'shape', '?')} in stage "
                         f"'{self.stage}'; a loss must return a scalar tensor"
                     )
-                terms[term.info.name] = value
+                key = term.info.name if term.info.name not in terms else f"{term.info.name}_{len(terms) + 1}"
+                terms[key] = value
                 total = total + term.weight * value
         if not torch.isfinite(total):
-            bad = {k: float(v) for k, v in terms.items()}
+            bad = {k: float(v.detach()) for k, v in terms.items()}
             raise TrainingDiverged(
                 f"stage '{self.stage}': the loss became {float(total)} (terms: {bad}); "
                 f"training stopped before the update, no checkpoint was written with it. "
