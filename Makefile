@@ -12,7 +12,7 @@ pipeline: setup  ## set up, run the whole DVC pipeline, say where the results ar
 	@$(RUN) python -m pipeline.summary
 
 test: setup  ## set up, lint, run every test (the slow end-to-end ones too)
-	@$(RUN) ruff check pipeline plugins tests benchmarks
+	@$(RUN) ruff check pipeline plugins tests benchmarks examples
 	@$(RUN) python -m pytest -q
 
 test-fast: setup  ## everything but the slow end-to-end tests

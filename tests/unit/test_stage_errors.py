@@ -1,0 +1,48 @@
+"""Stage entry points fail fast and clearly on bad input (real subprocesses)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import yaml
+
+from tests.conftest import REPO, tiny_params_dict
+
+
+def run_stage(stage: str, params: dict, cwd) -> subprocess.CompletedProcess:
+    (cwd / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'm.db'}"}
+    return subprocess.run(
+        [sys.executable, "-m", f"pipeline.{stage}", "--params", "params.yaml"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_params_typo_fails_naming_file_and_key(tmp_path):  # behaviour 2
+    params = tiny_params_dict()
+    params["teacher"]["epoch"] = params["teacher"].pop("epochs")
+    result = run_stage("teacher", params, tmp_path)
+    assert result.returncode == 2
+    assert "params.yaml: teacher.epoch: unknown key (did you mean 'teacher.epochs'?)" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_plugin_fails_before_any_work(tmp_path):
+    params = tiny_params_dict()
+    params["distill"]["losses"] = [{"name": "kdd"}]
+    result = run_stage("prepare", params, tmp_path)  # even the first stage checks every selection
+    assert result.returncode == 2
+    assert "unknown losses plugin 'kdd'. Did you mean 'kd'?" in result.stderr
+    assert not (tmp_path / "data").exists()
+
+
+def test_missing_inputs_say_which_stage_to_run(tmp_path):
+    result = run_stage("teacher", tiny_params_dict(), tmp_path)
+    assert result.returncode == 2
+    assert "run the prepare stage first" in result.stderr
