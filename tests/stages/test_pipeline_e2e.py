@@ -162,7 +162,7 @@ def test_registered_onnx_model_loads_with_signature_and_predicts(repro):
     repo, _ = repro
     mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
     model = mlflow.pyfunc.load_model("models:/distillops-student/1")
-    assert model.metadata.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == [-1, 1, 28, 28]
+    assert list(model.metadata.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 1, 28, 28]
     out = model.predict({"pixels": np.zeros((3, 1, 28, 28), np.float32)})
     assert next(iter(out.values())).shape == (3, 10)
 
