@@ -43,6 +43,7 @@ IDX_NAMES = {
 }
 EXPECTED_COUNTS = {"train": 60000, "test": 10000}
 IMAGE_SHAPE = (28, 28)
+IN_CHANNELS = 1  # grey images
 NUM_CLASSES = 10
 
 NO_SOURCE_HELP = """Fashion-MNIST was not found and could not be downloaded.

@@ -12,14 +12,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline import stage, tracking
-from pipeline.data import NUM_CLASSES, load_splits
+from pipeline.data import IN_CHANNELS, NUM_CLASSES, load_splits
 from pipeline.io import write_json
 from pipeline.modelio import build_model, load_model
 from pipeline.params import Params
 from pipeline.prepare import SOURCE_FILE
-from pipeline.teacher import IN_CHANNELS
 from pipeline.teacher import out_dir as teacher_dir
-from pipeline.training import Trainer, build_augmenters, build_losses, plugin_tags, setup_runtime
+from pipeline.training import build_augmenters, build_losses, plugin_tags, setup_runtime
 
 VARIANTS = ("student_alone", "student")
 
@@ -47,36 +46,31 @@ def run(params: Params, params_file: Path) -> dict[str, stage.Fitted]:
             # same seed for both students: same initial weights, data order and augmentations
             setup_runtime(params.runtime, params.seed)
             model, _ = build_model(params.student.model, NUM_CLASSES, IN_CHANNELS)
-            trainer = Trainer(
+            teacher_or_none = teacher if variant == "student" else None
+            trainer = stage.make_trainer(
+                params,
                 "distill",
+                f"distill-{variant}",
                 model,
                 losses[variant],
                 cfg,
-                device,
-                params.seed,
-                NUM_CLASSES,
                 augs,
-                teacher=teacher if variant == "student" else None,
-                checkpoint=stage.checkpoint_path(params, f"distill-{variant}"),
-                progress=params.runtime.progress,
-                channels_last=params.runtime.channels_last,
-                run_label=variant,
+                device,
+                label=variant,
+                teacher=teacher_or_none,
             )
             variant_tags = {**plugin_tags([*augs, *losses[variant]]), model_info.tag: model_info.provenance}
-            with tracker.variant(variant, variant_tags) as vtracker:
-                fitted[variant] = stage.fit_and_save(
-                    variant,
-                    trainer,
-                    splits["train"],
-                    splits["val"],
-                    splits["test"],
-                    out_dir(params, variant),
-                    params.student.model,
-                    model_info,
-                    IN_CHANNELS,
-                    [tracker, vtracker],
-                    prefix=f"{variant}.",
-                )
+            fitted[variant] = stage.fit_variant(
+                tracker,
+                variant,
+                variant_tags,
+                trainer,
+                splits["train"],
+                splits,
+                out_dir(params, variant),
+                params.student.model,
+                model_info,
+            )
         gain = fitted["student"].test_accuracy - fitted["student_alone"].test_accuracy
         tracker.log_metrics({"distill_gain": gain})
         write_json(

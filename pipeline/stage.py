@@ -15,14 +15,14 @@ import torch
 from torch import nn
 
 from pipeline import interrupts
-from pipeline.data import Split
+from pipeline.data import IN_CHANNELS, NUM_CLASSES, Split
 from pipeline.errors import DistillopsError
 from pipeline.io import write_text
 from pipeline.modelio import META, WEIGHTS, save_model
-from pipeline.params import Params, PluginSpec, load_params
+from pipeline.params import Params, PluginSpec, TrainParams, load_params
 from pipeline.registry import PluginInfo, resolve
 from pipeline.tracking import Tracker
-from pipeline.training import Trainer, accuracy, history_csv, predict_logits
+from pipeline.training import LossTerm, Plugin, Trainer, accuracy, history_csv, predict_logits
 
 HISTORY = "history.csv"
 
@@ -83,6 +83,65 @@ def checkpoint_path(params: Params, name: str) -> Path:
     return Path(params.paths.checkpoints) / f"{name}.pt"
 
 
+def make_trainer(
+    params: Params,
+    stage: str,
+    name: str,
+    model: nn.Module,
+    losses: list[LossTerm],
+    cfg: TrainParams,
+    augs: list[Plugin],
+    device: torch.device,
+    label: str = "",
+    teacher: nn.Module | None = None,
+    lr_scale: Callable[[str], float] | None = None,
+) -> Trainer:
+    """A Trainer with the settings every stage shares (seed, classes, checkpoint, runtime switches)."""
+    return Trainer(
+        stage,
+        model,
+        losses,
+        cfg,
+        device,
+        params.seed,
+        NUM_CLASSES,
+        augs,
+        teacher=teacher,
+        checkpoint=checkpoint_path(params, name),
+        progress=params.runtime.progress,
+        channels_last=params.runtime.channels_last,
+        run_label=label,
+        lr_scale=lr_scale,
+    )
+
+
+def fit_variant(
+    tracker: Tracker,
+    variant: str,
+    tags: dict[str, str],
+    trainer: Trainer,
+    train: Split,
+    splits: dict[str, Split],
+    out_dir: Path,
+    spec: PluginSpec,
+    info: PluginInfo,
+) -> Fitted:
+    """Train one of several models of a stage in its own nested run (metrics also on the stage run)."""
+    with tracker.variant(variant, tags) as vtracker:
+        return fit_and_save(
+            variant,
+            trainer,
+            train,
+            splits["val"],
+            splits["test"],
+            out_dir,
+            spec,
+            info,
+            [tracker, vtracker],
+            prefix=f"{variant}.",
+        )
+
+
 def fit_and_save(
     name: str,
     trainer: Trainer,
@@ -92,7 +151,6 @@ def fit_and_save(
     out_dir: Path,
     spec: PluginSpec,
     info: PluginInfo,
-    in_channels: int,
     trackers: list[Tracker],
     prefix: str = "",
 ) -> Fitted:
@@ -114,7 +172,7 @@ def fit_and_save(
         trainer.model,
         spec,
         trainer.num_classes,
-        in_channels,
+        IN_CHANNELS,
         info,
         {
             "test_accuracy": test_acc,

@@ -8,13 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline import stage, tracking
-from pipeline.data import NUM_CLASSES, load_splits
+from pipeline.data import IN_CHANNELS, NUM_CLASSES, load_splits
 from pipeline.modelio import build_model
 from pipeline.params import Params
 from pipeline.prepare import SOURCE_FILE
-from pipeline.training import Trainer, build_augmenters, build_losses, plugin_tags, setup_runtime
-
-IN_CHANNELS = 1
+from pipeline.training import build_augmenters, build_losses, plugin_tags, setup_runtime
 
 
 def out_dir(params: Params) -> Path:
@@ -30,19 +28,7 @@ def run(params: Params, params_file: Path) -> stage.Fitted:
     augs = build_augmenters(params.augment.ops, "teacher") if cfg.augment else []
     tags = {**plugin_tags([*losses, *augs]), info.tag: info.provenance}
     with tracking.stage_run("teacher", params, params_file, tags) as tracker:
-        trainer = Trainer(
-            "teacher",
-            model,
-            losses,
-            cfg,
-            device,
-            params.seed,
-            NUM_CLASSES,
-            augs,
-            checkpoint=stage.checkpoint_path(params, "teacher"),
-            progress=params.runtime.progress,
-            channels_last=params.runtime.channels_last,
-        )
+        trainer = stage.make_trainer(params, "teacher", "teacher", model, losses, cfg, augs, device)
         return stage.fit_and_save(
             "teacher",
             trainer,
@@ -52,7 +38,6 @@ def run(params: Params, params_file: Path) -> stage.Fitted:
             out_dir(params),
             cfg.model,
             info,
-            IN_CHANNELS,
             [tracker],
         )
 

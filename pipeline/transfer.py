@@ -16,15 +16,14 @@ from pathlib import Path
 from torch import nn
 
 from pipeline import stage, tracking
-from pipeline.data import NUM_CLASSES, load_splits
+from pipeline.data import IN_CHANNELS, NUM_CLASSES, load_splits
 from pipeline.distill import out_dir as student_dir
 from pipeline.errors import DistillopsError
 from pipeline.io import write_json
 from pipeline.modelio import build_model, load_model
 from pipeline.params import Params
 from pipeline.prepare import TARGET_FILE
-from pipeline.teacher import IN_CHANNELS
-from pipeline.training import Trainer, build_augmenters, build_losses, plugin_tags, setup_runtime
+from pipeline.training import build_augmenters, build_losses, plugin_tags, setup_runtime
 
 VARIANTS = ("scratch", "transferred")
 
@@ -117,35 +116,29 @@ def run(params: Params, params_file: Path) -> dict[str, stage.Fitted]:
                     f"head {list(head)} starts fresh ({len(report['fresh'])} tensors)"
                 )
                 lr_scale = _body_lr_scale(head, cfg.body_lr_scale)
-            trainer = Trainer(
+            trainer = stage.make_trainer(
+                params,
                 "transfer",
+                f"transfer-{variant}",
                 model,
                 losses,
                 cfg,
-                device,
-                params.seed,
-                NUM_CLASSES,
                 augs,
-                checkpoint=stage.checkpoint_path(params, f"transfer-{variant}"),
-                progress=params.runtime.progress,
-                channels_last=params.runtime.channels_last,
-                run_label=variant,
+                device,
+                label=variant,
                 lr_scale=lr_scale,
             )
-            with tracker.variant(variant, tags) as vtracker:
-                fitted[variant] = stage.fit_and_save(
-                    variant,
-                    trainer,
-                    splits["finetune"],
-                    splits["val"],
-                    splits["test"],
-                    out_dir(params, variant),
-                    params.student.model,
-                    model_info,
-                    IN_CHANNELS,
-                    [tracker, vtracker],
-                    prefix=f"{variant}.",
-                )
+            fitted[variant] = stage.fit_variant(
+                tracker,
+                variant,
+                tags,
+                trainer,
+                splits["finetune"],
+                splits,
+                out_dir(params, variant),
+                params.student.model,
+                model_info,
+            )
         gain = fitted["transferred"].test_accuracy - fitted["scratch"].test_accuracy
         tracker.log_metrics({"transfer_gain": gain})
         print(
