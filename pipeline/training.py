@@ -425,7 +425,7 @@ class Trainer:
         if not torch.isfinite(total):
             bad = {k: float(v.detach()) for k, v in terms.items()}
             raise TrainingDiverged(
-                f"stage '{self.stage}': the loss became {float(total)} (terms: {bad}); "
+                f"stage '{self.stage}': the loss became {float(total.detach())} (terms: {bad}); "
                 f"training stopped before the update, no checkpoint was written with it. "
                 f"Lower the learning rate or check the loss plugins."
             )
