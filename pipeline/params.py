@@ -110,9 +110,9 @@ class StudentParams:
 
 @dataclass(frozen=True)
 class DistillParams(TrainParams):
-    epochs: int = 10
+    epochs: int = 20
     augment: bool = False
-    losses: tuple[LossSpec, ...] = (LossSpec("kd", {"temperature": 1.0}, 0.5), LossSpec("ce", {}, 0.5))
+    losses: tuple[LossSpec, ...] = (LossSpec("kd", {"temperature": 4.0}, 0.5), LossSpec("ce", {}, 0.5))
     baseline_losses: tuple[LossSpec, ...] = (LossSpec("ce"),)
 
 
