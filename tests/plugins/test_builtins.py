@@ -91,3 +91,72 @@ def test_models_have_the_advertised_size():
     assert 70_000 < n(resnet) < 90_000
     with torch.no_grad():
         assert not math.isnan(float(resnet(torch.rand(2, 1, 28, 28)).sum()))
+
+
+def _inputs(s, t, labels):
+    return LossInputs(s, t, F.one_hot(labels, 10).float(), labels)
+
+
+def test_mse_logits_is_mean_squared_logit_difference():
+    s, t = torch.randn(4, 10), torch.randn(4, 10)
+    got = loss("mse_logits")(_inputs(s, t, torch.arange(4)))
+    assert got.item() == pytest.approx(((s - t) ** 2).mean().item(), rel=1e-6)
+
+
+def test_pseudo_label_uses_teacher_argmax_and_threshold():
+    s, t = torch.randn(6, 10), torch.randn(6, 10)
+    labels = torch.zeros(6, dtype=torch.long)  # ground truth is ignored
+    expected = F.cross_entropy(s, t.argmax(1))
+    assert loss("pseudo_label")(_inputs(s, t, labels)).item() == pytest.approx(expected.item(), rel=1e-6)
+    flat = torch.zeros(6, 10)  # teacher confidence 0.1 everywhere: nothing passes a 0.5 threshold
+    assert loss("pseudo_label", threshold=0.5)(_inputs(s, flat, labels)).item() == 0.0
+
+
+def test_dkd_and_dist_are_zero_when_student_matches_teacher_and_positive_otherwise():
+    t = torch.randn(8, 10)
+    labels = t.argmax(1)
+    for name in ("dkd", "dist"):
+        fn = loss(name)
+        assert fn(_inputs(t.clone(), t, labels)).item() == pytest.approx(0.0, abs=1e-5), name
+        assert fn(_inputs(t.flip(0), t, labels)).item() > 1e-3, name
+
+
+def test_dkd_target_term_alone_matches_binary_kl():
+    s, t = torch.randn(5, 10), torch.randn(5, 10)
+    labels = torch.arange(5)
+    got = loss("dkd", alpha=1.0, beta=0.0, temperature=1.0)(_inputs(s, t, labels))
+    ps, pt = F.softmax(s, 1)[torch.arange(5), labels], F.softmax(t, 1)[torch.arange(5), labels]
+    expected = (pt * (pt / ps).log() + (1 - pt) * ((1 - pt) / (1 - ps)).log()).mean()
+    assert got.item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_cutmix_mixes_labels_by_the_pasted_area():
+    b = 16
+    x = (
+        torch.arange(b, dtype=torch.float32)[:, None, None, None].expand(b, 1, 28, 28) / b
+    )  # image i is flat i/b
+    y = F.one_hot(torch.arange(b) % 10, 10).float()
+    out, mixed = aug("cutmix", alpha=1.0)(x.clone(), y, torch.Generator().manual_seed(3))
+    own = (out == x).float().mean(dim=(1, 2, 3))  # fraction of pixels still from the image itself
+    weight_own = (mixed * y).sum(1)
+    same_class = (mixed > 0).sum(1) == 1  # partner of the same class: weights collapse onto one class
+    assert torch.allclose(weight_own[~same_class], own[~same_class], atol=1e-6)
+    assert torch.allclose(mixed.sum(1), torch.ones(b))
+
+
+def test_mixup_rows_are_convex_combinations_of_two_images():
+    x, y = batch(8)
+    out, mixed = aug("mixup", alpha=0.4)(x, y, torch.Generator().manual_seed(0))
+    assert torch.allclose(mixed.sum(1), torch.ones(8)) and (mixed >= 0).all()
+    assert ((mixed > 0).sum(1) <= 2).all()
+    assert out.min() >= 0 and out.max() <= 1
+
+
+def test_erasing_p0_is_identity_and_p1_blanks_a_square():
+    x, y = batch(8)
+    assert torch.equal(aug("erasing", p=0.0)(x, y, torch.Generator())[0], x)
+    out, _ = aug("erasing", p=1.0, min_area=0.1, max_area=0.1)(
+        x + 0.5 * (x == 0), y, torch.Generator().manual_seed(0)
+    )
+    zeros = (out == 0).float().mean(dim=(1, 2, 3))
+    assert ((zeros > 0.05) & (zeros < 0.2)).all()
