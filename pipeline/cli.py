@@ -85,7 +85,7 @@ def cmd_plugins_check(_args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from pipeline import predict
 
-    return predict.main([args.model, *args.images, *(["--top", str(args.top)])])
+    return predict.main([args.model, *args.images, "--top", str(args.top), "--labels", args.labels])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("model")
     pred.add_argument("images", nargs="+")
     pred.add_argument("--top", type=int, default=1)
+    pred.add_argument("--labels", choices=["fashion", "index"], default="fashion")
     pred.set_defaults(func=cmd_predict)
     return parser
 

@@ -82,11 +82,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("model", help="an exported .onnx model")
     parser.add_argument("images", nargs="+", help=".npy arrays or image files")
     parser.add_argument("--top", type=int, default=1, help="how many classes to report per image")
+    parser.add_argument(
+        "--labels",
+        choices=["fashion", "index"],
+        default="fashion",
+        help="class names: Fashion-MNIST's (students) or the class index (e.g. the digits model)",
+    )
     args = parser.parse_args(argv)
     probs = predict(args.model, load_images(args.images))
-    classes = (
-        FASHION_CLASSES if probs.shape[1] == len(FASHION_CLASSES) else tuple(map(str, range(probs.shape[1])))
-    )
+    use_names = args.labels == "fashion" and probs.shape[1] == len(FASHION_CLASSES)
+    classes = FASHION_CLASSES if use_names else tuple(map(str, range(probs.shape[1])))
     for i, row in enumerate(probs):
         top = np.argsort(-row)[: args.top]
         print(

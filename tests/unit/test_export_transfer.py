@@ -81,3 +81,23 @@ def test_named_head_must_exist():
     with pytest.raises(DistillopsError, match=r"transfer.head \['nope'\] not found"):
         find_head(lenet(0), ("nope",))
     assert find_head(lenet(0), ("fc",)) == ("fc",)
+
+
+def test_predict_reports_top_classes_with_chosen_labels(exported, tmp_path, capsys):
+    import json
+
+    from pipeline import predict
+
+    model, path = exported
+    images = (np.random.default_rng(1).random((3, 28, 28)) * 255).astype(np.uint8)
+    np.save(tmp_path / "x.npy", images)
+    assert predict.main([str(path), str(tmp_path / "x.npy"), "--top", "3", "--labels", "index"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    expected = model(torch.from_numpy(images[:, None].astype(np.float32) / 255)).argmax(1).tolist()
+    assert [r["predictions"][0]["class"] for r in rows] == expected
+    assert all(len(r["predictions"]) == 3 and r["predictions"][0]["label"].isdigit() for r in rows)
+    predict.main([str(path), str(tmp_path / "x.npy")])
+    assert (
+        json.loads(capsys.readouterr().out.splitlines()[0])["predictions"][0]["label"]
+        in predict.FASHION_CLASSES
+    )
