@@ -191,41 +191,42 @@ class Erasing:
         return x * (1 - mask) + self.value * mask, y
 
 
-class Mixup:
-    """mixup (Zhang et al., ICLR 2018): each image and its label row are mixed with those of another
-    image of the batch, with a weight drawn from Beta(alpha, alpha)."""
+class _PairMixer:
+    """Shared by the label-mixing augmenters: pairs each image with another of the batch and draws a
+    per-image weight from Beta(alpha, alpha)."""
 
-    def __init__(self, alpha: float = 0.2) -> None:
+    def __init__(self, alpha: float) -> None:
         if alpha <= 0:
             raise ValueError(f"alpha must be > 0, got {alpha}")
         self.alpha = float(alpha)
 
+    def _pairs(self, x: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        lam = _beta(x.shape[0], self.alpha, g, x.device)
+        return lam, torch.randperm(x.shape[0], generator=g, device=x.device)
+
+
+class Mixup(_PairMixer):
+    """mixup (Zhang et al., ICLR 2018): each image and its label row are mixed with those of another
+    image of the batch, with a weight drawn from Beta(alpha, alpha)."""
+
     def __call__(
         self, x: torch.Tensor, y: torch.Tensor, g: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        b = x.shape[0]
-        lam = _beta(b, self.alpha, g, x.device)
-        perm = torch.randperm(b, generator=g, device=x.device)
+        lam, perm = self._pairs(x, g)
         lx = lam.to(x.dtype)[:, None, None, None]
         ly = lam.to(y.dtype)[:, None]
         return lx * x + (1 - lx) * x[perm], ly * y + (1 - ly) * y[perm]
 
 
-class CutMix:
+class CutMix(_PairMixer):
     """CutMix (Yun et al., ICCV 2019): paste a square from another image of the batch; label rows are
     mixed by the pasted area."""
-
-    def __init__(self, alpha: float = 1.0) -> None:
-        if alpha <= 0:
-            raise ValueError(f"alpha must be > 0, got {alpha}")
-        self.alpha = float(alpha)
 
     def __call__(
         self, x: torch.Tensor, y: torch.Tensor, g: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        b, _, h, w = x.shape
-        lam = _beta(b, self.alpha, g, x.device)
-        perm = torch.randperm(b, generator=g, device=x.device)
+        _, _, h, w = x.shape
+        lam, perm = self._pairs(x, g)
         mask = _box_mask(x.shape, 1 - lam, g).to(x.dtype)
         pasted = mask.sum(dim=(1, 2, 3)) / (h * w)  # the area actually pasted
         ly = (1 - pasted).to(y.dtype)[:, None]
