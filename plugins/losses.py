@@ -8,6 +8,11 @@ import torch.nn.functional as F
 from pipeline.protocols import LossInputs
 
 
+def _require_teacher(inputs: LossInputs, name: str) -> None:
+    if inputs.teacher_logits is None:
+        raise ValueError(f"{name} needs teacher logits, but no teacher is in play")
+
+
 class CrossEntropy:
     r"""Cross-entropy against the (possibly soft) target rows, with optional label smoothing.
 
@@ -51,8 +56,7 @@ class KnowledgeDistillation:
         self.temperature = float(temperature)
 
     def __call__(self, inputs: LossInputs) -> torch.Tensor:
-        if inputs.teacher_logits is None:
-            raise ValueError("kd needs teacher logits, but no teacher is in play")
+        _require_teacher(inputs, "kd")
         t = self.temperature
         log_p_student = F.log_softmax(inputs.student_logits.float() / t, dim=1)
         log_p_teacher = F.log_softmax(inputs.teacher_logits.float() / t, dim=1)
@@ -79,8 +83,7 @@ class LogitMSE:
     requires_teacher = True
 
     def __call__(self, inputs: LossInputs) -> torch.Tensor:
-        if inputs.teacher_logits is None:
-            raise ValueError("mse_logits needs teacher logits, but no teacher is in play")
+        _require_teacher(inputs, "mse_logits")
         return F.mse_loss(inputs.student_logits.float(), inputs.teacher_logits.float())
 
 
@@ -102,8 +105,7 @@ class PseudoLabel:
         self.threshold = float(threshold)
 
     def __call__(self, inputs: LossInputs) -> torch.Tensor:
-        if inputs.teacher_logits is None:
-            raise ValueError("pseudo_label needs teacher logits, but no teacher is in play")
+        _require_teacher(inputs, "pseudo_label")
         probs = F.softmax(inputs.teacher_logits.float(), dim=1)
         conf, target = probs.max(dim=1)
         per_row = F.cross_entropy(inputs.student_logits.float(), target, reduction="none")
@@ -128,8 +130,7 @@ class DecoupledKD:
         self.alpha, self.beta, self.temperature = float(alpha), float(beta), float(temperature)
 
     def __call__(self, inputs: LossInputs) -> torch.Tensor:
-        if inputs.teacher_logits is None:
-            raise ValueError("dkd needs teacher logits, but no teacher is in play")
+        _require_teacher(inputs, "dkd")
         t = self.temperature
         s_logits, t_logits = inputs.student_logits.float() / t, inputs.teacher_logits.float() / t
         gt = F.one_hot(inputs.labels, s_logits.shape[1]).bool()
@@ -167,8 +168,7 @@ class DIST:
         return (a * b).sum(dim) / (a.norm(dim=dim) * b.norm(dim=dim) + 1e-8)
 
     def __call__(self, inputs: LossInputs) -> torch.Tensor:
-        if inputs.teacher_logits is None:
-            raise ValueError("dist needs teacher logits, but no teacher is in play")
+        _require_teacher(inputs, "dist")
         t = self.temperature
         p_s = F.softmax(inputs.student_logits.float() / t, dim=1)
         p_t = F.softmax(inputs.teacher_logits.float() / t, dim=1)

@@ -101,3 +101,9 @@ def test_predict_reports_top_classes_with_chosen_labels(exported, tmp_path, caps
         json.loads(capsys.readouterr().out.splitlines()[0])["predictions"][0]["label"]
         in predict.FASHION_CLASSES
     )
+
+
+def test_standalone_predict_class_names_match_the_dataset():
+    from pipeline import data, predict
+
+    assert predict.FASHION_CLASSES == data.FASHION_CLASSES  # predict keeps its own copy to stay standalone
