@@ -18,7 +18,7 @@ from pipeline.modelio import build_model, load_model
 from pipeline.params import Params
 from pipeline.prepare import SOURCE_FILE
 from pipeline.teacher import out_dir as teacher_dir
-from pipeline.training import build_augmenters, build_losses, plugin_tags, setup_runtime
+from pipeline.training import build_losses, plugin_tags, setup_runtime
 
 VARIANTS = ("student_alone", "student")
 
@@ -32,13 +32,13 @@ def run(params: Params, params_file: Path) -> dict[str, stage.Fitted]:
     device = setup_runtime(params.runtime, params.seed)
     splits = load_splits(Path(params.paths.prepared) / SOURCE_FILE)
     teacher, _meta = load_model(teacher_dir(params), device)
-    augs = build_augmenters(params.augment.ops, "distill") if cfg.augment else []
+    aug = stage.augmentation(params, cfg.augment, "distill", splits["train"])
     losses = {
         "student_alone": build_losses(cfg.baseline_losses, "distill"),
         "student": build_losses(cfg.losses, "distill"),
     }
     _, model_info = build_model(params.student.model, NUM_CLASSES, IN_CHANNELS)
-    all_plugins = [*augs, *losses["student_alone"], *losses["student"]]
+    all_plugins = [*aug.plugins, *losses["student_alone"], *losses["student"]]
     tags = {**plugin_tags(all_plugins), model_info.tag: model_info.provenance}
     fitted: dict[str, stage.Fitted] = {}
     with tracking.stage_run("distill", params, params_file, tags) as tracker:
@@ -54,12 +54,16 @@ def run(params: Params, params_file: Path) -> dict[str, stage.Fitted]:
                 model,
                 losses[variant],
                 cfg,
-                augs,
+                aug.online,
                 device,
                 label=variant,
                 teacher=teacher_or_none,
+                copies=aug.copies,
             )
-            variant_tags = {**plugin_tags([*augs, *losses[variant]]), model_info.tag: model_info.provenance}
+            variant_tags = {
+                **plugin_tags([*aug.plugins, *losses[variant]]),
+                model_info.tag: model_info.provenance,
+            }
             fitted[variant] = stage.fit_variant(
                 tracker,
                 variant,

@@ -16,6 +16,8 @@ from pipeline.registry import PluginInfo, create
 
 WEIGHTS = "model.safetensors"
 META = "model.json"
+# trainable parts of the losses (e.g. a FitNets regressor), saved next to the student they trained with
+LOSS_WEIGHTS = "loss_modules.safetensors"
 
 
 def build_model(spec: PluginSpec, num_classes: int, in_channels: int) -> tuple[nn.Module, PluginInfo]:
@@ -37,11 +39,7 @@ def save_model(
     info: PluginInfo,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    write_with(folder / WEIGHTS, lambda tmp: save_file(state, str(tmp)))
+    save_weights(folder / WEIGHTS, model)
     write_json(
         folder / META,
         {
@@ -54,6 +52,14 @@ def save_model(
         },
     )
     return folder / WEIGHTS
+
+
+def save_weights(path: Path, module: nn.Module) -> Path:
+    """A module's state dict as safetensors, written atomically."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    return write_with(path, lambda tmp: save_file(state, str(tmp)))
 
 
 def load_model(folder: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:

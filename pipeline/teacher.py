@@ -12,7 +12,7 @@ from pipeline.data import IN_CHANNELS, NUM_CLASSES, load_splits
 from pipeline.modelio import build_model
 from pipeline.params import Params
 from pipeline.prepare import SOURCE_FILE
-from pipeline.training import build_augmenters, build_losses, plugin_tags, setup_runtime
+from pipeline.training import build_losses, plugin_tags, setup_runtime
 
 
 def out_dir(params: Params) -> Path:
@@ -25,10 +25,12 @@ def run(params: Params, params_file: Path) -> stage.Fitted:
     splits = load_splits(Path(params.paths.prepared) / SOURCE_FILE)
     model, info = build_model(cfg.model, NUM_CLASSES, IN_CHANNELS)
     losses = build_losses(cfg.losses, "teacher")
-    augs = build_augmenters(params.augment.ops, "teacher") if cfg.augment else []
-    tags = {**plugin_tags([*losses, *augs]), info.tag: info.provenance}
+    aug = stage.augmentation(params, cfg.augment, "teacher", splits["train"])
+    tags = {**plugin_tags([*losses, *aug.plugins]), info.tag: info.provenance}
     with tracking.stage_run("teacher", params, params_file, tags) as tracker:
-        trainer = stage.make_trainer(params, "teacher", "teacher", model, losses, cfg, augs, device)
+        trainer = stage.make_trainer(
+            params, "teacher", "teacher", model, losses, cfg, aug.online, device, copies=aug.copies
+        )
         return stage.fit_and_save(
             "teacher",
             trainer,

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline import interrupts
+from pipeline.augment import AugmentedCopies
 from pipeline.data import Split
 from pipeline.errors import DistillopsError, PluginError, TrainingDiverged
 from pipeline.io import write_with
@@ -178,6 +179,12 @@ def config_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _has_lazy(obj: Any) -> bool:
+    return isinstance(obj, nn.Module) and any(
+        isinstance(p, nn.parameter.UninitializedParameter) for p in obj.parameters()
+    )
+
+
 @dataclass
 class TrainResult:
     history: list[dict[str, float]]
@@ -205,8 +212,11 @@ class Trainer:
     channels_last: bool = False
     # learning-rate multiplier per parameter name (e.g. a smaller one for transferred layers)
     lr_scale: Callable[[str], float] | None = None
+    # offline augmentation: K materialised copies of the training split, used in turn per epoch
+    copies: AugmentedCopies | None = None
 
     def __post_init__(self) -> None:
+        self.teacher_passes = 0  # full passes of the teacher over a training view (cached logits)
         self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.model.to(self.device, memory_format=self.memory_format)
         self.loss_modules = nn.ModuleList([t.obj for t in self.losses if isinstance(t.obj, nn.Module)]).to(
@@ -237,6 +247,33 @@ class Trainer:
                 scale = self.lr_scale(name) if self.lr_scale is not None else 1.0
                 groups.setdefault(float(scale), []).append(param)
         return [{"params": params, "lr": self.cfg.lr * scale} for scale, params in groups.items()]
+
+    def _materialise_lazy(self, x: torch.Tensor, targets: torch.Tensor) -> None:
+        """Loss modules built from lazy layers (e.g. a FitNets regressor sized from the features it
+        sees) get their parameters from one forward pass on two training images, before the optimizer
+        is built; the models run in eval mode so no BatchNorm statistics move."""
+        lazy = [t for t in self.losses if _has_lazy(t.obj)]
+        if not lazy:
+            return
+        modes = [(m, m.training) for m in (self.model, self.teacher) if m is not None]
+        for m, _ in modes:
+            m.eval()
+        xb = to_float(x[:2].to(self.device)).contiguous(memory_format=self.memory_format)
+        tb = targets[:2].to(self.device)
+        try:
+            with (
+                torch.no_grad(),
+                feature_taps(self.teacher, self.t_taps) as t_feats,
+                feature_taps(self.model, self.s_taps) as s_feats,
+            ):
+                t_logits = self.teacher(xb) if self.teacher is not None else None
+                inputs = LossInputs(self.model(xb), t_logits, tb, tb.argmax(1), s_feats, t_feats)
+                for term in lazy:
+                    term(inputs)
+        finally:
+            for m, was_training in modes:
+                m.train(was_training)
+        self.loss_modules.to(self.device)
 
     # --- checkpoints -------------------------------------------------------------------------------
     def _state(
@@ -284,12 +321,24 @@ class Trainer:
 
     # --- the loop ----------------------------------------------------------------------------------
     def fit(self, train: Split, val: Split) -> TrainResult:
-        cfg, device = self.cfg, self.device
-        x_all, y_all = torch.from_numpy(train.x), torch.from_numpy(train.y)
-        n = len(y_all)
+        """Train on ``train``, or, with offline augmentation, on copy ``epoch mod K`` of ``self.copies``."""
+        cfg, device, copies = self.cfg, self.device, self.copies
+        if copies is not None and self.augmenters:
+            raise DistillopsError(
+                f"stage '{self.stage}': offline copies and online augmenters are exclusive; pick one "
+                f"with augment.mode"
+            )
+        if copies is not None:
+            views = [
+                (torch.from_numpy(x), torch.from_numpy(t)) for x, t in map(copies.copy, range(len(copies)))
+            ]
+        else:
+            views = [(torch.from_numpy(train.x), one_hot(torch.from_numpy(train.y), self.num_classes))]
+        n = len(views[0][1])
         if n == 0:
             raise DistillopsError(f"stage '{self.stage}': the training split is empty")
         batches_per_epoch = math.ceil(n / cfg.batch_size)
+        self._materialise_lazy(*views[0])
         opt = _make_optimizer(self._param_groups(), cfg)
         sched = _make_scheduler(opt, cfg, cfg.epochs * batches_per_epoch)
         g = torch.Generator(device=device).manual_seed(self.seed)
@@ -302,6 +351,7 @@ class Trainer:
                 "n": n,
                 "losses": [(t.info.name, t.weight) for t in self.losses],
                 "augment": [a.info.name for a in self.augmenters],
+                "copies": len(views) if copies is not None else 0,
             }
         )
         history: list[dict[str, float]] = []
@@ -325,15 +375,24 @@ class Trainer:
                 f"batch {start_step}"
             )
 
-        cached_teacher = None
-        if self.teacher is not None and not self.augmenters and not self.t_taps:
-            # the inputs never change between epochs: one teacher pass serves every epoch
-            cached_teacher = predict_logits(self.teacher, x_all, device)
+        # when the inputs are fixed (no online augmentation, no teacher features), one teacher pass per
+        # training view (the split, or each offline copy) serves every epoch that uses it
+        cache_teacher = self.teacher is not None and not self.augmenters and not self.t_taps
+        teacher_cache: dict[int, torch.Tensor] = {}
+        self.teacher_passes = 0
 
         t0 = time.perf_counter()
         with interrupts.deferred():
             for epoch in range(start_epoch, cfg.epochs):
                 self.model.train()
+                view = epoch % len(views)
+                x_all, t_all = views[view]
+                cached_teacher = None
+                if cache_teacher:
+                    if view not in teacher_cache:
+                        teacher_cache[view] = predict_logits(self.teacher, x_all, device)
+                        self.teacher_passes += 1
+                    cached_teacher = teacher_cache[view]
                 perm = _epoch_permutation(n, self.seed, epoch)
                 if not acc:
                     acc = {"loss": 0.0, "correct": 0, "seen": 0}
@@ -345,7 +404,7 @@ class Trainer:
                 )
                 for step in range(start_step, batches_per_epoch):
                     idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-                    self._step(x_all[idx], y_all[idx], idx, g, opt, sched, acc, cached_teacher)
+                    self._step(x_all[idx], t_all[idx], idx, g, opt, sched, acc, cached_teacher)
                     bar.update(1)
                     if interrupts.pending() is not None:
                         bar.close()
@@ -378,12 +437,18 @@ class Trainer:
                     self.on_epoch(epoch + 1, metrics)
                 self._save(self._state(epoch + 1, 0, history, acc, g, opt, sched, key))
                 interrupts.check()
+        if cache_teacher:
+            print(
+                f"[{self.stage}] {self.run_label + ' ' if self.run_label else ''}teacher logits: "
+                f"{self.teacher_passes} passes for {cfg.epochs - start_epoch} epochs "
+                f"({len(views)} training view{'s' if len(views) > 1 else ''})"
+            )
         return TrainResult(history, time.perf_counter() - t0, resumed)
 
     def _step(
         self,
         xb: torch.Tensor,
-        yb: torch.Tensor,
+        tb: torch.Tensor,
         idx: torch.Tensor,
         g: torch.Generator,
         opt: torch.optim.Optimizer,
@@ -393,7 +458,7 @@ class Trainer:
     ) -> None:
         device = self.device
         x = to_float(xb.to(device, non_blocking=True)).contiguous(memory_format=self.memory_format)
-        targets = one_hot(yb.to(device), self.num_classes)
+        targets = tb.to(device)
         for aug in self.augmenters:
             x, targets = aug(x, targets, g)
         labels = targets.argmax(1)
@@ -433,7 +498,7 @@ class Trainer:
         total.backward()
         opt.step()
         sched.step()
-        b = len(yb)
+        b = len(tb)
         acc["loss"] += float(total.detach()) * b
         acc["correct"] += int((logits.argmax(1) == labels).sum())
         acc["seen"] += b
