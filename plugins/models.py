@@ -2,11 +2,35 @@
 
 Every model takes raw pixels in [0, 1] and normalises inside (so the exported ONNX does too) and
 returns logits. Factories have the contract signature ``f(num_classes, in_channels, **kwargs)``.
+
+Naming convention shared by the built-ins: ``features`` is the module whose output is the last feature
+map (or embedding) before the classifier, and ``fc`` the final Linear layer; the feature losses
+(fitnets, at, rkd, pkt) tap ``features`` by default.
+
+| name | architecture | parameters (10 classes, 1 channel) |
+|---|---|---|
+| ``mlp`` | fully connected, hidden (256, 128) | ~235k |
+| ``lenet5`` | LeNet-5-like | ~62k |
+| ``mobilenet`` | MobileNetV2-like, inverted residual blocks | ~67k |
+| ``resnet8`` | CIFAR-style ResNet, 3 stages x 1 basic block | ~78k |
+| ``resnet20`` | CIFAR-style ResNet-20, 3 stages x 3 basic blocks | ~0.27M |
+| ``resnet18`` | ResNet-18 with a 3x3 stride-1 stem, no max-pool | ~11.2M |
+| ``torchvision`` | any torchvision classification architecture, by name | depends |
+
+The ``torchvision`` wrapper does not follow the naming convention (the architectures name their own
+modules); its modules are ``normalize``, ``resize`` and ``net`` (the torchvision model), so feature
+taps are e.g. ``net.layer4`` (ResNets, ResNeXts, Wide ResNets), ``net.features`` (MobileNets,
+EfficientNets, ConvNeXts, DenseNets, VGGs, AlexNet, SqueezeNets, Swin), ``net.trunk_output``
+(RegNets), ``net.layers`` (MNASNets), ``net.conv5`` (ShuffleNets), ``net.inception5b``
+(GoogLeNet), ``net.Mixed_7c`` (Inception v3) and ``net.encoder`` (ViTs). Its ``feature_tap``
+attribute holds that name where it is known.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import difflib
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -66,13 +90,106 @@ class ResNet(nn.Module):
             ]
             layers.append(nn.Sequential(*stage))
             cin = width
-        self.layers = nn.Sequential(*layers)
+        self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(cin, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.layers(self.stem(self.normalize(x)))
+        x = self.features(self.stem(self.normalize(x)))
         return self.fc(torch.flatten(self.pool(x), 1))
+
+
+def _round_channels(channels: float, divisor: int = 8) -> int:
+    """Round to a multiple of ``divisor`` (at least ``divisor``), never more than 10% below the request."""
+    rounded = max(divisor, int(channels + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * channels else rounded
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block (Sandler et al. 2018): 1x1 expansion, 3x3 depthwise, 1x1 linear projection,
+    with an identity shortcut when the input and output shapes match."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expansion: int) -> None:
+        super().__init__()
+        hidden = cin * expansion
+        layers: list[nn.Module] = []
+        if expansion != 1:
+            layers += [nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(inplace=True)]
+        layers += [
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU6(inplace=True),
+            nn.Conv2d(hidden, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        ]
+        self.block = nn.Sequential(*layers)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.block(x)
+        return x + out if self.residual else out
+
+
+class MobileNet(nn.Module):
+    """A small MobileNetV2-like network for 28x28 inputs: a stride-1 stem, inverted residual stages with
+    two stride-2 steps (28 -> 14 -> 7), a 1x1 convolution to the embedding width, global pooling."""
+
+    # (output channels, blocks, stride of the first block, expanded?) per stage
+    STAGES = ((16, 1, 1, False), (24, 2, 2, True), (32, 2, 2, True), (48, 2, 1, True))
+    STEM, LAST = 16, 128
+
+    def __init__(
+        self, num_classes: int, in_channels: int, width: float, expansion: int, mean: float, std: float
+    ) -> None:
+        super().__init__()
+        if width <= 0:
+            raise ValueError(f"width must be > 0, got {width}")
+        if expansion < 1:
+            raise ValueError(f"expansion must be >= 1, got {expansion}")
+        self.normalize = Normalize(mean, std, in_channels)
+        cin = _round_channels(self.STEM * width)
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, cin, 3, 1, 1, bias=False), nn.BatchNorm2d(cin), nn.ReLU6(inplace=True)
+        )
+        blocks: list[nn.Module] = []
+        for channels, n, stride, expanded in self.STAGES:
+            cout = _round_channels(channels * width)
+            for j in range(n):
+                blocks.append(
+                    InvertedResidual(cin, cout, stride if j == 0 else 1, expansion if expanded else 1)
+                )
+                cin = cout
+        last = _round_channels(self.LAST * width)
+        blocks += [nn.Conv2d(cin, last, 1, bias=False), nn.BatchNorm2d(last), nn.ReLU6(inplace=True)]
+        self.features = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(last, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(self.stem(self.normalize(x)))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+class TorchvisionNet(nn.Module):
+    """A torchvision classification network behind the built-ins' input handling: ``normalize`` (raw
+    [0, 1] pixels in), ``resize`` (bilinear upsampling to ``resize`` x ``resize``, or Identity) and
+    ``net`` (the torchvision model, its first convolution adapted to ``in_channels``)."""
+
+    def __init__(self, net: nn.Module, in_channels: int, resize: int | None, mean: float, std: float) -> None:
+        super().__init__()
+        self.normalize = Normalize(mean, std, in_channels)
+        self.resize: nn.Module = (
+            nn.Upsample(size=(resize, resize), mode="bilinear", align_corners=False)
+            if resize is not None
+            else nn.Identity()
+        )
+        self.net = net
+        self.feature_tap = _feature_tap(net)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.net(self.resize(self.normalize(x)))
+        # GoogLeNet / Inception v3 built with aux_logits=True return a named tuple while training
+        return out.logits if hasattr(out, "logits") else out
 
 
 class LeNet5(nn.Module):
@@ -164,3 +281,206 @@ def mlp(
 ) -> MLP:
     """Fully connected network on the flattened image."""
     return MLP(num_classes, in_channels, tuple(hidden), image_size, mean, std)
+
+
+def resnet20(
+    num_classes: int,
+    in_channels: int,
+    widths: Sequence[int] = (16, 32, 64),
+    mean: float = DEFAULT_MEAN,
+    std: float = DEFAULT_STD,
+) -> ResNet:
+    """ResNet-20 (He et al. 2016, CIFAR variant): stem + three stages of three basic blocks (~0.27M)."""
+    return ResNet(num_classes, in_channels, tuple(widths), 3, mean, std)
+
+
+def resnet18(
+    num_classes: int,
+    in_channels: int,
+    widths: Sequence[int] = (64, 128, 256, 512),
+    mean: float = DEFAULT_MEAN,
+    std: float = DEFAULT_STD,
+) -> ResNet:
+    """ResNet-18 for small images: a 3x3 stride-1 stem without max-pool, four stages of two basic blocks
+    (~11.2M parameters; slimmer with e.g. ``widths: [32, 64, 128, 256]``)."""
+    return ResNet(num_classes, in_channels, tuple(widths), 2, mean, std)
+
+
+def mobilenet(
+    num_classes: int,
+    in_channels: int,
+    width: float = 1.0,
+    expansion: int = 4,
+    mean: float = DEFAULT_MEAN,
+    std: float = DEFAULT_STD,
+) -> MobileNet:
+    """MobileNetV2-like student (~67k parameters at width 1, expansion 4; ~97k at expansion 6)."""
+    return MobileNet(num_classes, in_channels, width, expansion, mean, std)
+
+
+# Keywords the torchvision builders must never get: they would download pretrained weights or clash
+# with what this factory sets itself.
+_FORBIDDEN_OPTIONS = {
+    "weights": "pretrained weights are never loaded (nothing is downloaded at run time)",
+    "pretrained": "pretrained weights are never loaded (nothing is downloaded at run time)",
+    "weights_backbone": "pretrained weights are never loaded (nothing is downloaded at run time)",
+    "pretrained_backbone": "pretrained weights are never loaded (nothing is downloaded at run time)",
+    "progress": "nothing is downloaded, so there is no progress to show",
+    "num_classes": "the pipeline sets num_classes",
+}
+# Builder defaults that differ when training from scratch: without the auxiliary heads the model
+# returns plain logits (and runs on smaller inputs); init_weights=True silences a FutureWarning.
+_ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
+    "googlenet": {"aux_logits": False, "init_weights": True},
+    "inception_v3": {"aux_logits": False, "init_weights": True},
+}
+# Where the last feature map comes from, per architecture family (attribute of the torchvision model).
+_FEATURE_TAPS = (
+    "layer4",
+    "features",
+    "trunk_output",
+    "layers",
+    "conv5",
+    "inception5b",
+    "Mixed_7c",
+    "encoder",
+)
+# Input sides tried when an architecture does not run on the data's size, to suggest a ``resize``.
+_PROBE_SIZES = (32, 64, 96, 128, 224, 299)
+
+
+def _feature_tap(net: nn.Module) -> str | None:
+    for name in _FEATURE_TAPS:
+        if isinstance(getattr(net, name, None), nn.Module):
+            return f"net.{name}"
+    blocks = getattr(net, "blocks", None)  # MaxViT: a ModuleList of stages
+    if isinstance(blocks, nn.ModuleList) and len(blocks):
+        return f"net.blocks.{len(blocks) - 1}"
+    return None
+
+
+def _classification_archs() -> list[str]:
+    import torchvision.models as tvm
+
+    # module=torchvision.models keeps the classification builders only: detection, segmentation,
+    # video, optical flow and quantized models live in submodules
+    return sorted(tvm.list_models(module=tvm))
+
+
+def _adapt_input_channels(net: nn.Module, in_channels: int, arch: str) -> None:
+    """Replace the first 3-channel convolution by the same convolution taking ``in_channels``.
+
+    The new kernel keeps the architecture's own initialisation: it takes the first ``in_channels``
+    input slices of the freshly initialised RGB kernel (tiled when ``in_channels`` > 3).
+    """
+    if in_channels == 3:
+        return
+    name, conv = next(
+        ((n, m) for n, m in net.named_modules() if isinstance(m, nn.Conv2d) and m.in_channels == 3),
+        ("", None),
+    )
+    if conv is None:
+        raise ValueError(
+            f"torchvision model '{arch}' has no 3-channel Conv2d to adapt to {in_channels} channels"
+        )
+    if conv.groups != 1:
+        raise ValueError(
+            f"torchvision model '{arch}': its first convolution is grouped ({conv.groups} groups)"
+        )
+    new = nn.Conv2d(
+        in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        bias=conv.bias is not None,
+        padding_mode=conv.padding_mode,
+    )
+    with torch.no_grad():
+        new.weight.copy_(conv.weight[:, torch.arange(in_channels) % 3])
+        if conv.bias is not None:
+            new.bias.copy_(conv.bias)
+    parent, _, attr = name.rpartition(".")
+    setattr(net.get_submodule(parent) if parent else net, attr, new)
+
+
+def _probe(net: nn.Module, in_channels: int, side: int) -> Exception | None:
+    """Run the network once on a blank ``side`` x ``side`` image (eval mode); the error, if it fails."""
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            net(torch.zeros(1, in_channels, side, side))
+    except Exception as exc:  # any failure means: does not run at this size
+        return exc
+    finally:
+        net.train(was_training)
+    return None
+
+
+def torchvision(
+    num_classes: int,
+    in_channels: int,
+    arch: str = "resnet18",
+    resize: int | None = None,
+    options: Mapping[str, Any] | None = None,
+    image_size: int = 28,
+    mean: float = DEFAULT_MEAN,
+    std: float = DEFAULT_STD,
+) -> TorchvisionNet:
+    """Any torchvision classification architecture (``arch``, e.g. resnet18, mobilenet_v3_small,
+    efficientnet_b0, convnext_tiny), always randomly initialised: pretrained weights are never loaded.
+
+    ``resize``: upsample (bilinear) inside the model to ``resize`` x ``resize`` first, for architectures
+    that need larger inputs than the data's ``image_size`` (which is only used to check, at build time,
+    that the network runs). ``options``: extra keyword arguments for the torchvision builder (e.g.
+    ``{dropout: 0.1}``, ``{width_mult: 0.5}`` for some). GoogLeNet and Inception v3 are built without
+    their auxiliary classifiers unless ``options`` says ``aux_logits: true``.
+
+    Sizes: at 28x28, ResNets, ResNeXts, MobileNets, EfficientNets, RegNets, MNASNets, ShuffleNets,
+    SqueezeNets, GoogLeNet and Swin run as they are; AlexNet needs ``resize: 64``, VGGs, DenseNets and
+    ConvNeXts ``resize: 32``, Inception v3 ``resize: 96`` (its stem shrinks the image ~30x), ViTs and
+    MaxViT ``resize: 224`` (their positional sizes are fixed). An architecture that does not run on the
+    input size fails at build time with the smallest working ``resize``.
+
+    ``transfer.head: auto`` (the Linear layers after the last convolution) finds the classifier of
+    ResNets, MobileNets, EfficientNets, RegNets, MNASNets, ShuffleNets, DenseNets, VGGs, AlexNet and
+    GoogLeNet/Inception; name it (``transfer.head``) for SqueezeNets (``net.classifier``: a 1x1
+    convolution), ConvNeXts and MaxViT (``net.classifier``), ViTs (``net.heads``) and Swin (``net.head``),
+    whose blocks hold Linear layers after their last convolution.
+    """
+    import torchvision.models as tvm
+
+    archs = _classification_archs()
+    if arch not in archs:
+        close = difflib.get_close_matches(arch, archs, n=3)
+        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        raise ValueError(
+            f"unknown torchvision classification architecture '{arch}'.{hint} Available: {', '.join(archs)}."
+        )
+    if resize is not None and (isinstance(resize, bool) or not isinstance(resize, int) or resize < 1):
+        raise ValueError(f"resize must be a positive integer (pixels) or null, got {resize!r}")
+    options = dict(options or {})
+    bad = [k for k in options if k in _FORBIDDEN_OPTIONS]
+    if bad:
+        raise ValueError("; ".join(f"options may not set '{k}': {_FORBIDDEN_OPTIONS[k]}" for k in bad))
+    options = {**_ARCH_DEFAULTS.get(arch, {}), **options}
+    net = tvm.get_model(arch, weights=None, num_classes=num_classes, **options)
+    _adapt_input_channels(net, in_channels, arch)
+    side = resize if resize is not None else image_size
+    error = _probe(net, in_channels, side)
+    if error is not None:
+        works = next((s for s in _PROBE_SIZES if s > side and _probe(net, in_channels, s) is None), None)
+        advice = (
+            f"set resize: {works} (the smallest of {', '.join(map(str, _PROBE_SIZES))} that works) to "
+            f"upsample inside the model"
+            if works
+            else f"no resize among {', '.join(map(str, _PROBE_SIZES))} makes it run either; check its options"
+        )
+        detail = (str(error).strip().splitlines() or [""])[0]
+        raise ValueError(
+            f"torchvision model '{arch}' does not run on {side}x{side} inputs "
+            f"({type(error).__name__}: {detail}); {advice}."
+        )
+    return TorchvisionNet(net, in_channels, resize, mean, std)
