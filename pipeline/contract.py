@@ -48,6 +48,27 @@ def check_augmenter(info: PluginInfo) -> list[str]:
     return problems
 
 
+def _params_up_to(
+    model: torch.nn.Module, x: torch.Tensor, names: tuple[str, ...]
+) -> list[torch.nn.Parameter]:
+    """The parameters of the modules that finish their forward no later than the last of the named
+    modules (the tapped modules themselves and everything computed before them)."""
+    order: list[str] = []
+    handles = [
+        m.register_forward_hook(lambda *_a, name=name: order.append(name))
+        for name, m in model.named_modules()
+    ]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    last = max((i for i, name in enumerate(order) if name in names), default=-1)
+    modules = dict(model.named_modules())
+    return [p for name in dict.fromkeys(order[: last + 1]) for p in modules[name].parameters(recurse=False)]
+
+
 def check_loss(info: PluginInfo) -> list[str]:
     from plugins.models import lenet5, resnet8
 
@@ -76,6 +97,10 @@ def check_loss(info: PluginInfo) -> list[str]:
     value.backward()
     if student.fc.weight.grad is None and not s_taps:
         problems.append("no gradient reaches the student's logits")
+    if s_taps and not any(
+        p.grad is not None and bool(p.grad.abs().sum() > 0) for p in _params_up_to(student, x, s_taps)
+    ):
+        problems.append(f"no gradient reaches the student's tapped features {list(s_taps)}")
     if requires_teacher(loss) and not s_taps and not t_taps:
         same = loss(LossInputs(t_logits.clone(), t_logits, y, y.argmax(1)))
         other = loss(LossInputs(t_logits.flip(0), t_logits, y, y.argmax(1)))

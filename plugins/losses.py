@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.lazy import LazyModuleMixin
+from torch.nn.parameter import UninitializedParameter
 
 from pipeline.protocols import LossInputs
 
@@ -195,3 +200,343 @@ def dkd(alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0) -> Deco
 def dist(beta: float = 1.0, gamma: float = 1.0, temperature: float = 1.0) -> DIST:
     """DIST (Huang et al. 2022): inter- and intra-class correlation matching."""
     return DIST(beta=beta, gamma=gamma, temperature=temperature)
+
+
+# --- feature-based distillation ------------------------------------------------------------------------
+# These losses tap intermediate outputs: ``student_layer`` / ``teacher_layer`` are module names as in
+# ``named_modules()`` (the built-in models name their last feature map ``features``). Features are cast
+# to float32 and the teacher's are detached, so the losses are stable under mixed precision.
+
+
+def _feature_pair(inputs: LossInputs, loss: FeatureLoss) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tapped (student, teacher) outputs as float32, the teacher's detached."""
+    name = loss.name
+    s = inputs.student_features.get(loss.student_layer)
+    t = inputs.teacher_features.get(loss.teacher_layer)
+    if s is None or t is None:
+        which = "student" if s is None else "teacher"
+        layer = loss.student_layer if s is None else loss.teacher_layer
+        raise ValueError(
+            f"{name} needs the {which} feature '{layer}', which was not tapped "
+            f"(student features: {sorted(inputs.student_features)}, "
+            f"teacher features: {sorted(inputs.teacher_features)})"
+        )
+    if s.shape[0] != t.shape[0]:
+        raise ValueError(
+            f"{name}: student and teacher batch sizes differ: {tuple(s.shape)} vs {tuple(t.shape)}"
+        )
+    return s.float(), t.detach().float()
+
+
+def _pool_to_common(s: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Adaptive-average-pool two [B, C, H, W] maps to the smaller height and the smaller width."""
+    size = (min(s.shape[2], t.shape[2]), min(s.shape[3], t.shape[3]))
+    if tuple(s.shape[2:]) != size:
+        s = F.adaptive_avg_pool2d(s, size)
+    if tuple(t.shape[2:]) != size:
+        t = F.adaptive_avg_pool2d(t, size)
+    return s, t
+
+
+def _shape(x: torch.Tensor) -> str:
+    return "[" + ", ".join(str(d) for d in x.shape) + "]"
+
+
+class FeatureLoss:
+    """Shared set-up of the feature losses: which modules to tap."""
+
+    requires_teacher = True
+    name = "feature loss"
+
+    def __init__(self, student_layer: str, teacher_layer: str) -> None:
+        for key, value in (("student_layer", student_layer), ("teacher_layer", teacher_layer)):
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"{key} must be a module name (as in named_modules()), got {value!r}")
+        self.student_layer, self.teacher_layer = student_layer, teacher_layer
+        self.student_taps = (student_layer,)
+        self.teacher_taps = (teacher_layer,)
+
+
+class HintRegressor(LazyModuleMixin, nn.Module):
+    """The FitNets regressor: a convolution (for [B, C, H, W] hints) or a linear map (for [B, D]) from
+    the student's channels to the teacher's. Both channel counts are inferred at the first call
+    ``regressor(student, teacher)``, so its parameters are lazy until then (or until a state dict is
+    loaded into it)."""
+
+    def __init__(self, kernel_size: int) -> None:
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.weight = UninitializedParameter()
+        self.bias = UninitializedParameter()
+
+    def initialize_parameters(self, s: torch.Tensor, t: torch.Tensor) -> None:
+        if not self.has_uninitialized_params():
+            return
+        with torch.no_grad():
+            if s.dim() == 4:
+                self.weight.materialize((t.shape[1], s.shape[1], self.kernel_size, self.kernel_size))
+            else:
+                self.weight.materialize((t.shape[1], s.shape[1]))
+            self.bias.materialize((t.shape[1],))
+            # the default initialisation of nn.Conv2d / nn.Linear
+            nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+            fan_in = self.weight[0].numel()
+            bound = 1.0 / math.sqrt(fan_in) if fan_in else 0.0
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if self.weight.dim() != s.dim() or self.weight.shape[1] != s.shape[1]:
+            raise ValueError(
+                f"fitnets regressor of weight shape {tuple(self.weight.shape)} (from an earlier batch or a "
+                f"checkpoint) does not fit student features {_shape(s)}"
+            )
+        if s.dim() == 4:
+            return F.conv2d(s, self.weight, self.bias, padding=self.kernel_size // 2)
+        return F.linear(s, self.weight, self.bias)
+
+
+class FitNets(FeatureLoss, nn.Module):
+    r"""FitNets hint loss (Romero et al., "FitNets: Hints for Thin Deep Nets", ICLR 2015): the student's
+    hint layer, mapped by a trainable regressor :math:`r`, regresses the teacher's guided layer.
+
+    .. math:: \mathcal{L} = \frac{1}{N}\,\big\| \mathrm{P}(r(u_s)) - \mathrm{P}(u_t) \big\|_2^2
+
+    the mean over all N elements. :math:`r` is a ``kernel_size`` x ``kernel_size`` convolution (with
+    bias, padding keeping the size) for [B, C, H, W] features and a linear layer for [B, D]; it is trained
+    with the student and saved with it. The paper picks the regressor's kernel so that the spatial sizes
+    agree; here :math:`\mathrm{P}` instead adaptive-average-pools both maps to the smaller height and
+    width (e.g. lenet5's 5x5 and resnet8's 7x7 become 5x5). When one side is a map and the other a vector,
+    the map is global-average-pooled to [B, C] and the regressor is linear.
+    """
+
+    name = "fitnets"
+
+    def __init__(self, student_layer: str, teacher_layer: str, kernel_size: int) -> None:
+        nn.Module.__init__(self)
+        FeatureLoss.__init__(self, student_layer, teacher_layer)
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be a positive odd number, got {kernel_size}")
+        self.regressor = HintRegressor(kernel_size)
+
+    def forward(self, inputs: LossInputs) -> torch.Tensor:
+        s, t = _feature_pair(inputs, self)
+        if s.dim() not in (2, 4) or t.dim() not in (2, 4):
+            raise ValueError(
+                f"fitnets needs [B, C, H, W] or [B, D] features; got student '{self.student_layer}' "
+                f"{_shape(s)} and teacher '{self.teacher_layer}' {_shape(t)}. Choose student_layer / "
+                f"teacher_layer with such outputs, or use rkd / pkt, which flatten any shape."
+            )
+        if s.dim() != t.dim():  # one map, one vector: compare channel vectors
+            s = s.mean(dim=(2, 3)) if s.dim() == 4 else s
+            t = t.mean(dim=(2, 3)) if t.dim() == 4 else t
+        hint = self.regressor(s, t)
+        if hint.dim() == 4:
+            hint, t = _pool_to_common(hint, t)
+        return F.mse_loss(hint, t)
+
+
+class AttentionTransfer(FeatureLoss):
+    r"""Attention transfer (Zagoruyko and Komodakis, "Paying More Attention to Attention", ICLR 2017).
+
+    The attention map of a [B, C, H, W] activation is :math:`Q = \mathrm{vec}\big(\frac{1}{C}
+    \sum_c |A_c|^p\big)`, normalised to unit L2 norm per sample; then
+
+    .. math:: \mathcal{L} = \frac{\beta}{2}\cdot\frac{1}{B\,HW}\sum_i \Big\| \frac{Q^s_i}{\|Q^s_i\|_2}
+       - \frac{Q^t_i}{\|Q^t_i\|_2} \Big\|_2^2
+
+    This is the form of the authors' code (mean of the squared difference, times :math:`\beta/2`
+    with :math:`\beta = 1000`); the paper writes it as :math:`\beta/2` times a (non-squared) norm with
+    :math:`\beta = 10^3` divided by the map size and batch size. The channel mean instead of the paper's
+    sum changes nothing after normalisation. If the spatial sizes differ, both maps are
+    adaptive-average-pooled to the smaller height and width (on the activations, before the
+    attention map is taken).
+    """
+
+    name = "at"
+
+    def __init__(self, student_layer: str, teacher_layer: str, p: float, beta: float) -> None:
+        super().__init__(student_layer, teacher_layer)
+        if p <= 0:
+            raise ValueError(f"p must be > 0, got {p}")
+        if beta < 0:
+            raise ValueError(f"beta must be >= 0, got {beta}")
+        self.p, self.beta = float(p), float(beta)
+
+    def attention(self, f: torch.Tensor) -> torch.Tensor:
+        """[B, C, H, W] -> [B, H*W], unit L2 norm per row."""
+        q = f.abs().pow(self.p).mean(dim=1).flatten(1)
+        return F.normalize(q, p=2.0, dim=1, eps=1e-12)
+
+    def __call__(self, inputs: LossInputs) -> torch.Tensor:
+        s, t = _feature_pair(inputs, self)
+        if s.dim() != 4 or t.dim() != 4:
+            raise ValueError(
+                f"at needs [B, C, H, W] feature maps (attention is a spatial map); got student "
+                f"'{self.student_layer}' {_shape(s)} and teacher '{self.teacher_layer}' {_shape(t)}. "
+                f"Choose convolutional layers for student_layer / teacher_layer, or use rkd / pkt for "
+                f"flat features."
+            )
+        s, t = _pool_to_common(s, t)
+        return (self.beta / 2.0) * (self.attention(s) - self.attention(t)).pow(2).mean()
+
+
+def _centred_gram(e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For [B, D] embeddings: the Gram matrix of the batch-centred rows and the pairwise squared
+    Euclidean distances (distances and angles do not change under the centring, which reduces
+    cancellation in float32)."""
+    e = e - e.mean(dim=0, keepdim=True)
+    gram = e @ e.t()
+    sq = gram.diagonal()
+    d2 = (sq[:, None] + sq[None, :] - 2.0 * gram).clamp_min(0.0)
+    return gram, d2
+
+
+class RelationalKD(FeatureLoss):
+    r"""Relational knowledge distillation (Park et al., "Relational Knowledge Distillation", CVPR 2019):
+    match the structure of the batch rather than the features themselves, so the student and teacher
+    feature sizes may differ. Features are flattened to [B, D].
+
+    Distance term, with :math:`\psi_D(t_i, t_j) = \|t_i - t_j\|_2 / \mu` and :math:`\mu` the mean
+    distance over the pairs :math:`i \ne j` of the batch:
+
+    .. math:: \mathcal{L}_D = \frac{1}{B(B-1)}\sum_{i \ne j} \ell_\delta\big(\psi_D(t_i,t_j),
+       \psi_D(s_i,s_j)\big)
+
+    Angle term, with :math:`\psi_A(t_i,t_j,t_k) = \cos\angle t_i t_j t_k = \langle e^{ij}, e^{kj}
+    \rangle`, :math:`e^{ij} = (t_i - t_j)/\|t_i - t_j\|_2`, over the triplets with :math:`i \ne j`,
+    :math:`k \ne j`:
+
+    .. math:: \mathcal{L}_A = \mathrm{mean}_{(i,j,k)}\ \ell_\delta\big(\psi_A(t_i,t_j,t_k),
+       \psi_A(s_i,s_j,s_k)\big)
+
+    :math:`\ell_\delta` is the Huber loss with :math:`\delta = 1` (smooth L1), and
+    :math:`\mathcal{L} = \lambda_D \mathcal{L}_D + \lambda_A \mathcal{L}_A` with the paper's
+    :math:`\lambda_D = 25`, :math:`\lambda_A = 50`. Distances and angles are computed from the Gram
+    matrix of the batch ([B, B], then [B, B, B] cosines) rather than from [B, B, D] differences, so the
+    memory does not grow with the feature size.
+    """
+
+    name = "rkd"
+    eps = 1e-12
+
+    def __init__(
+        self, student_layer: str, teacher_layer: str, distance_weight: float, angle_weight: float
+    ) -> None:
+        super().__init__(student_layer, teacher_layer)
+        if distance_weight < 0 or angle_weight < 0:
+            raise ValueError(
+                f"distance_weight and angle_weight must be >= 0, got {distance_weight}, {angle_weight}"
+            )
+        self.distance_weight, self.angle_weight = float(distance_weight), float(angle_weight)
+
+    @classmethod
+    def distances(cls, e: torch.Tensor) -> torch.Tensor:
+        """Pairwise distances [B, B] divided by their mean over i != j (zero diagonal)."""
+        _, d2 = _centred_gram(e)
+        off = ~torch.eye(len(e), dtype=torch.bool, device=e.device)
+        d = torch.where(off, d2.clamp_min(cls.eps).sqrt(), torch.zeros_like(d2))
+        mean = d[off].mean() if len(e) > 1 else d.new_ones(())
+        return d / mean.clamp_min(cls.eps)
+
+    @classmethod
+    def angles(cls, e: torch.Tensor) -> torch.Tensor:
+        """cos of the angle at j of the triangle (i, j, k), as [B, B, B] indexed [j, i, k]; 0 where it is
+        undefined (i == j or k == j)."""
+        gram, d2 = _centred_gram(e)
+        off = ~torch.eye(len(e), dtype=torch.bool, device=e.device)
+        inv = torch.where(off, d2.clamp_min(cls.eps).rsqrt(), torch.zeros_like(d2))  # a_ji = 1/|e_i - e_j|
+        # <e_i - e_j, e_k - e_j> = G_ik - h_ji - h_jk with h_ji = G_ij - G_jj / 2, so
+        # cos_jik = a_ji a_jk G_ik - (a_ji h_ji) a_jk - a_ji (a_jk h_jk): one outer product per j and a
+        # rank-2 correction, without the [B, B, D] differences
+        h = gram - gram.diagonal()[:, None] / 2.0
+        ah = inv * h
+        left = torch.stack([ah, inv], dim=2)  # [B, B, 2]
+        right = torch.stack([inv, ah], dim=1)  # [B, 2, B]
+        cos = torch.baddbmm(inv[:, :, None] * inv[:, None, :] * gram[None], left, right, alpha=-1.0)
+        return cos.clamp(-1.0, 1.0)
+
+    def __call__(self, inputs: LossInputs) -> torch.Tensor:
+        s, t = _feature_pair(inputs, self)
+        s, t = s.flatten(1), t.flatten(1)
+        b = len(s)
+        total = s.new_zeros(())
+        if b < 2:
+            return total + 0.0 * s.sum()  # no pairs: nothing to match, but keep the graph
+        if self.distance_weight:
+            off = ~torch.eye(b, dtype=torch.bool, device=s.device)
+            d_s, d_t = self.distances(s), self.distances(t)
+            total = total + self.distance_weight * F.smooth_l1_loss(d_s[off], d_t[off])
+        if self.angle_weight and b > 2:
+            # undefined angles are 0 on both sides, so they add nothing to the sum
+            diff = F.smooth_l1_loss(self.angles(s), self.angles(t), reduction="sum")
+            total = total + self.angle_weight * diff / (b * (b - 1) ** 2)
+        return total
+
+
+class ProbabilisticKT(FeatureLoss):
+    r"""Probabilistic knowledge transfer (Passalis and Tefas, "Learning Deep Representations with
+    Probabilistic Knowledge Transfer", ECCV 2018): match the conditional probability distributions
+    that a cosine-similarity kernel induces over the batch. Features are flattened to [B, D] (the sizes
+    may differ between student and teacher) and L2-normalised; with :math:`K_{ij} = (1 + \cos(x_i,
+    x_j))/2`,
+
+    .. math:: p_{j|i} = \frac{K_{ij}}{\sum_k K_{ik}},\qquad
+       \mathcal{L} = \frac{1}{B}\sum_i \sum_j p^t_{j|i}\,\log\frac{p^t_{j|i} + \epsilon}{p^s_{j|i} + \epsilon}
+
+    i.e. the batch mean of :math:`\mathrm{KL}(p^t_{\cdot|i} \,\|\, p^s_{\cdot|i})`. The authors' code
+    averages over all :math:`B^2` entries instead, which is this divided by B.
+    """
+
+    name = "pkt"
+
+    def __init__(self, student_layer: str, teacher_layer: str, eps: float) -> None:
+        super().__init__(student_layer, teacher_layer)
+        if eps <= 0:
+            raise ValueError(f"eps must be > 0, got {eps}")
+        self.eps = float(eps)
+
+    def probabilities(self, e: torch.Tensor) -> torch.Tensor:
+        e = F.normalize(e.flatten(1), p=2.0, dim=1, eps=self.eps)
+        k = (e @ e.t() + 1.0) / 2.0
+        return k / k.sum(dim=1, keepdim=True).clamp_min(self.eps)
+
+    def __call__(self, inputs: LossInputs) -> torch.Tensor:
+        s, t = _feature_pair(inputs, self)
+        p_s, p_t = self.probabilities(s), self.probabilities(t)
+        return (p_t * torch.log((p_t + self.eps) / (p_s + self.eps))).sum(dim=1).mean()
+
+
+def fitnets(
+    student_layer: str = "features", teacher_layer: str = "features", kernel_size: int = 1
+) -> FitNets:
+    """FitNets hints (Romero et al. 2015): MSE between the regressed student map and the teacher's."""
+    return FitNets(student_layer=student_layer, teacher_layer=teacher_layer, kernel_size=kernel_size)
+
+
+def at(
+    student_layer: str = "features", teacher_layer: str = "features", p: float = 2.0, beta: float = 1000.0
+) -> AttentionTransfer:
+    """Attention transfer (Zagoruyko and Komodakis 2017): match normalised spatial attention maps."""
+    return AttentionTransfer(student_layer=student_layer, teacher_layer=teacher_layer, p=p, beta=beta)
+
+
+def rkd(
+    student_layer: str = "features",
+    teacher_layer: str = "features",
+    distance_weight: float = 25.0,
+    angle_weight: float = 50.0,
+) -> RelationalKD:
+    """Relational KD (Park et al. 2019): match pairwise distances and triplet angles within the batch."""
+    return RelationalKD(
+        student_layer=student_layer,
+        teacher_layer=teacher_layer,
+        distance_weight=distance_weight,
+        angle_weight=angle_weight,
+    )
+
+
+def pkt(
+    student_layer: str = "features", teacher_layer: str = "features", eps: float = 1e-7
+) -> ProbabilisticKT:
+    """Probabilistic knowledge transfer (Passalis and Tefas 2018): KL between cosine-kernel distributions."""
+    return ProbabilisticKT(student_layer=student_layer, teacher_layer=teacher_layer, eps=eps)
