@@ -1,15 +1,28 @@
 """Built-in augmenters: batched, on the input's device, all randomness drawn from the generator ``g``.
 
-Each factory returns a callable ``aug(x, y, g) -> (x, y)`` (see the plugin contract). These three are
-label-preserving, so ``y`` comes back unchanged.
+Each factory returns a callable ``aug(x, y, g) -> (x, y)`` (see the plugin contract). All but mixup and
+cutmix are label-preserving, so ``y`` comes back unchanged.
+
+torchvision v2 and hand-written parts: ``equalize`` and ``autocontrast`` are
+``torchvision.transforms.v2.functional`` calls, as are the "degenerate" images that sharpness and saturation
+blend towards (``adjust_sharpness(x, 0)``, the blurred image; ``rgb_to_grayscale``) and the uint8 conversion
+for posterize (``to_dtype``); these run on a whole ``[B, C, H, W]`` batch and treat each image on its own.
+v2 takes one Python number for the whole batch, so everything whose parameter differs per image is
+hand-written: the geometric ops (rotate, shear, translate, zoom, resized crop) are one ``affine_grid`` /
+``grid_sample`` call with a matrix per image (``_affine_warp``), the blends with per-image factors
+(brightness, contrast, saturation, sharpness), solarize thresholds, posterize bit masks and hue (a rotation
+of the chroma plane in YIQ space, close to but not the same as v2's HSV ``adjust_hue``).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torchvision.transforms.v2 import functional as TF
 
 
 def _check_p(p: float) -> float:
@@ -20,6 +33,56 @@ def _check_p(p: float) -> float:
 
 def _uniform(n: int, low: float, high: float, g: torch.Generator, device: torch.device) -> torch.Tensor:
     return low + (high - low) * torch.rand(n, generator=g, device=device)
+
+
+def _check_range(value: Sequence[float], name: str, low: float, high: float) -> tuple[float, float]:
+    """A (min, max) pair with low <= min <= max <= high (low excluded when it is 0: strictly positive)."""
+    ok = isinstance(value, list | tuple) and len(value) == 2 and low <= value[0] <= value[1] <= high
+    if not ok or (low == 0 and value[0] <= 0):
+        raise ValueError(f"{name} must be a pair (min, max) with {low} < min <= max <= {high}, got {value}")
+    return float(value[0]), float(value[1])
+
+
+def _per_image(t: torch.Tensor) -> torch.Tensor:
+    return t[:, None, None, None]
+
+
+def _warp(x: torch.Tensor, theta: torch.Tensor, padding: str = "zeros") -> torch.Tensor:
+    """Resample each image through its own [2, 3] matrix (output -> input, in [-1, 1] coordinates)."""
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding, align_corners=False)
+
+
+def _mat2(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    return torch.stack([torch.stack([a, b], -1), torch.stack([c, d], -1)], -2)
+
+
+def _affine_warp(
+    x: torch.Tensor,
+    *,
+    angle: torch.Tensor | None = None,
+    shear_x: torch.Tensor | None = None,
+    shear_y: torch.Tensor | None = None,
+    scale: torch.Tensor | None = None,
+    tx: torch.Tensor | None = None,
+    ty: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Warp each image about its centre by its own map: zoom ``scale``, shear x then y (``shear_*`` are
+    tangents), rotate by ``angle`` (radians, counter-clockwise as seen), then shift by ``tx``/``ty``
+    (fractions of width/height, right/down). All [B] tensors; None leaves that part out. Bilinear,
+    zero fill."""
+    b, _, h, w = x.shape
+    zero, one = x.new_zeros(b), x.new_ones(b)
+    angle, shear_x, shear_y, tx, ty = (zero if v is None else v for v in (angle, shear_x, shear_y, tx, ty))
+    scale = one if scale is None else scale
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    # inverse of the forward map R(angle) Shear_y Shear_x scale, in pixel units centred on the image
+    inv = _mat2(one, -shear_x, zero, one) @ _mat2(one, zero, -shear_y, one) @ _mat2(cos, -sin, sin, cos)
+    inv = inv / scale[:, None, None]
+    half = x.new_tensor([w / 2, h / 2])  # pixel units per [-1, 1] unit, x then y
+    lin = inv * (half[None, :] / half[:, None])
+    offset = -(lin @ torch.stack([2 * tx, 2 * ty], -1)[..., None])
+    return _warp(x, torch.cat([lin, offset], -1))
 
 
 class Flip:
@@ -83,11 +146,7 @@ class Rotation:
         angle = torch.where(
             torch.rand(b, generator=g, device=x.device) < self.p, angle, torch.zeros_like(angle)
         )
-        cos, sin = torch.cos(angle), torch.sin(angle)
-        zero = torch.zeros_like(cos)
-        theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
-        grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
-        return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False), y
+        return _affine_warp(x, angle=angle), y
 
 
 def flip(p: float = 0.5, direction: str = "horizontal") -> Flip:
@@ -256,3 +315,305 @@ def mixup(alpha: float = 0.2) -> Mixup:
 def cutmix(alpha: float = 1.0) -> CutMix:
     """CutMix: paste a square from another image; labels mixed by area."""
     return CutMix(alpha=alpha)
+
+
+class Affine:
+    """Random affine map per image (like torchvision's RandomAffine): zoom drawn from ``scale``, shift up to
+    ``translate`` of the width/height each way, x and y shear each in [-shear, shear] degrees, rotation in
+    [-degrees, degrees]; bilinear, zero fill, each image transformed with probability ``p``."""
+
+    def __init__(
+        self,
+        degrees: float = 0.0,
+        translate: float = 0.1,
+        scale: Sequence[float] = (0.9, 1.1),
+        shear: float = 10.0,
+        p: float = 1.0,
+    ) -> None:
+        if degrees < 0:
+            raise ValueError(f"degrees must be >= 0, got {degrees}")
+        if not 0.0 <= translate <= 1.0:
+            raise ValueError(f"translate must be in [0, 1] (fraction of the image size), got {translate}")
+        if not 0.0 <= shear < 90.0:
+            raise ValueError(f"shear must be in [0, 90) degrees, got {shear}")
+        self.degrees, self.translate, self.shear = float(degrees), float(translate), float(shear)
+        self.scale = _check_range(scale, "scale", 0.0, math.inf)
+        self.p = _check_p(p)
+
+    def __call__(
+        self, x: torch.Tensor, y: torch.Tensor, g: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        b, dev = x.shape[0], x.device
+        zoom = _uniform(b, *self.scale, g, dev)
+        tx, ty = (_uniform(b, -self.translate, self.translate, g, dev) for _ in range(2))
+        sx, sy = (torch.tan(_uniform(b, -self.shear, self.shear, g, dev).deg2rad()) for _ in range(2))
+        angle = _uniform(b, -self.degrees, self.degrees, g, dev).deg2rad()
+        skip = torch.rand(b, generator=g, device=dev) >= self.p  # these images get identity parameters
+        tx, ty, sx, sy, angle = (v.masked_fill(skip, 0.0) for v in (tx, ty, sx, sy, angle))
+        zoom = zoom.masked_fill(skip, 1.0)
+        return _affine_warp(x, angle=angle, shear_x=sx, shear_y=sy, scale=zoom, tx=tx, ty=ty), y
+
+
+def _blend(x: torch.Tensor, degenerate: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Per image ``degenerate + factor * (x - degenerate)`` (0: degenerate, 1: x), clamped to [0, 1]."""
+    return (degenerate + _per_image(factor.to(x.dtype)) * (x - degenerate)).clamp(0.0, 1.0)
+
+
+def _grey(x: torch.Tensor) -> torch.Tensor:
+    return TF.rgb_to_grayscale(x) if x.shape[1] == 3 else x.mean(1, keepdim=True)
+
+
+def _brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return _blend(x, x.new_zeros(()), factor)  # towards black
+
+
+def _contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return _blend(x, _grey(x).mean((1, 2, 3), keepdim=True), factor)  # towards the image's mean grey
+
+
+def _saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return _blend(x, TF.rgb_to_grayscale(x, 3), factor) if x.shape[1] == 3 else x  # towards greyscale
+
+
+def _sharpness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return _blend(x, TF.adjust_sharpness(x, 0.0), factor)  # towards the blurred image
+
+
+_YIQ = torch.tensor(
+    [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=torch.float64
+)
+_YIQ_INV = torch.linalg.inv(_YIQ)
+
+
+def _hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate each image's chroma (I, Q plane of YIQ) by ``shift`` turns, keeping luma; RGB only (C == 3)."""
+    if x.shape[1] != 3:
+        return x
+    turn = shift.to(torch.float64) * (2 * math.pi)
+    rot = torch.zeros(x.shape[0], 3, 3, dtype=torch.float64, device=x.device)
+    rot[:, 0, 0] = 1.0
+    rot[:, 1:, 1:] = _mat2(turn.cos(), -turn.sin(), turn.sin(), turn.cos())
+    m = (_YIQ_INV.to(x.device) @ rot @ _YIQ.to(x.device)).to(x.dtype)
+    return torch.einsum("bij,bjhw->bihw", m, x).clamp(0.0, 1.0)
+
+
+def _solarize(x: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    return torch.where(x >= _per_image(threshold.to(x.dtype)), 1.0 - x, x)
+
+
+def _posterize(x: torch.Tensor, bits_removed: torch.Tensor) -> torch.Tensor:
+    """Zero the ``bits_removed`` (rounded) lowest bits of each image's 8-bit values."""
+    mask = (256 - 2 ** bits_removed.round().long()).to(torch.uint8)
+    u8 = TF.to_dtype(x, torch.uint8, scale=True) & _per_image(mask)
+    return TF.to_dtype(u8, x.dtype, scale=True)
+
+
+class ColorJitter:
+    """Colour jitter (like torchvision's ColorJitter; e.g. SimCLR, Chen et al. 2020) with factors drawn per
+    image, applied in the order brightness, contrast, saturation, hue: brightness ``b`` scales by a factor
+    in [1 - b, 1 + b] (blend with black), contrast blends with the image's mean grey, saturation with its
+    greyscale version, and hue rotates the chroma by up to ``hue`` turns each way (YIQ space). Saturation
+    and hue apply only to RGB images (C == 3) and are no-ops otherwise. Each image is changed with
+    probability ``p``."""
+
+    def __init__(
+        self,
+        brightness: float = 0.2,
+        contrast: float = 0.2,
+        saturation: float = 0.2,
+        hue: float = 0.05,
+        p: float = 1.0,
+    ) -> None:
+        for name, value in (("brightness", brightness), ("contrast", contrast), ("saturation", saturation)):
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+        if not 0.0 <= hue <= 0.5:
+            raise ValueError(f"hue must be in [0, 0.5] (turns), got {hue}")
+        self.factors = (float(brightness), float(contrast), float(saturation))
+        self.hue, self.p = float(hue), _check_p(p)
+
+    def __call__(
+        self, x: torch.Tensor, y: torch.Tensor, g: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        b, dev = x.shape[0], x.device
+        bf, cf, sf = (_uniform(b, max(0.0, 1.0 - s), 1.0 + s, g, dev) for s in self.factors)
+        hf = _uniform(b, -self.hue, self.hue, g, dev)
+        apply = torch.rand(b, generator=g, device=dev) < self.p
+        bf, cf, sf = (torch.where(apply, f, 1.0) for f in (bf, cf, sf))
+        hf = torch.where(apply, hf, 0.0)
+        return _hue(_saturation(_contrast(_brightness(x, bf), cf), sf), hf), y
+
+
+class ResizedCrop:
+    """Random resized crop (the Inception crop, Szegedy et al. 2015; torchvision's RandomResizedCrop): per
+    image a window covering a fraction ``scale`` of the area, with aspect ratio (width / height) log-uniform
+    in ``ratio``, is resized back to the input size (bilinear). Ten candidate windows are drawn per image at
+    once and the first that fits inside the image is used; an image where none fits keeps the whole image."""
+
+    TRIES = 10
+
+    def __init__(self, scale: Sequence[float] = (0.08, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3)) -> None:
+        self.scale = _check_range(scale, "scale", 0.0, 1.0)
+        self.ratio = _check_range(ratio, "ratio", 0.0, math.inf)
+
+    def __call__(
+        self, x: torch.Tensor, y: torch.Tensor, g: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        b, _, h, w = x.shape
+        dev, n = x.device, b * self.TRIES
+        area = _uniform(n, *self.scale, g, dev).view(b, -1)
+        ratio = _uniform(n, math.log(self.ratio[0]), math.log(self.ratio[1]), g, dev).exp().view(b, -1)
+        cw, ch = (area * ratio * h / w).sqrt(), (area / ratio * w / h).sqrt()  # fractions of width, height
+        fits = (cw <= 1) & (ch <= 1)
+        first = fits.int().argmax(1, keepdim=True)  # index of the first candidate that fits
+        cw = torch.where(fits.any(1), cw.gather(1, first)[:, 0], 1.0)
+        ch = torch.where(fits.any(1), ch.gather(1, first)[:, 0], 1.0)
+        cx, cy = ((2 * torch.rand(b, generator=g, device=dev) - 1) * (1 - s) for s in (cw, ch))  # centres
+        zero = torch.zeros_like(cw)
+        theta = torch.stack([torch.stack([cw, zero, cx], 1), torch.stack([zero, ch, cy], 1)], 1)
+        return _warp(x, theta, padding="border"), y  # edge samples fall within half a pixel of the image
+
+
+class PolicyOp(NamedTuple):
+    """One op of the augmentation policies: ``fn(x, v)`` with a [B] tensor of per-image values ``v``; a
+    magnitude level m in [0, 30] gives ``v = m / 30 * standard`` (RandAugment) or ``* wide``
+    (TrivialAugment's wide ranges), negated for half the images when ``signed``."""
+
+    fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    standard: float
+    wide: float
+    signed: bool
+
+
+# Ranges follow torchvision's RandAugment / TrivialAugmentWide. Shear values are tangents, translations
+# fractions of the image size (wide: 32 px on 32-px images), posterize counts the low bits dropped, solarize
+# inverts pixels >= (1 - v) * 256/255 (PIL's 256..0 thresholds: level 0 changes nothing), blend ops use 1 + v.
+POLICY_OPS: dict[str, PolicyOp] = {
+    "identity": PolicyOp(lambda x, v: x, 0.0, 0.0, False),
+    "rotate": PolicyOp(lambda x, v: _affine_warp(x, angle=v.deg2rad()), 30.0, 135.0, True),
+    "shear_x": PolicyOp(lambda x, v: _affine_warp(x, shear_x=v), 0.3, 0.99, True),
+    "shear_y": PolicyOp(lambda x, v: _affine_warp(x, shear_y=v), 0.3, 0.99, True),
+    "translate_x": PolicyOp(lambda x, v: _affine_warp(x, tx=v), 150 / 331, 1.0, True),
+    "translate_y": PolicyOp(lambda x, v: _affine_warp(x, ty=v), 150 / 331, 1.0, True),
+    "brightness": PolicyOp(lambda x, v: _brightness(x, 1 + v), 0.9, 0.99, True),
+    "contrast": PolicyOp(lambda x, v: _contrast(x, 1 + v), 0.9, 0.99, True),
+    "color": PolicyOp(lambda x, v: _saturation(x, 1 + v), 0.9, 0.99, True),
+    "sharpness": PolicyOp(lambda x, v: _sharpness(x, 1 + v), 0.9, 0.99, True),
+    "posterize": PolicyOp(_posterize, 4.0, 6.0, False),
+    "solarize": PolicyOp(lambda x, v: _solarize(x, (1 - v) * 256 / 255), 1.0, 1.0, False),
+    "autocontrast": PolicyOp(lambda x, v: TF.autocontrast(x), 0.0, 0.0, False),
+    "equalize": PolicyOp(lambda x, v: TF.equalize(x), 0.0, 0.0, False),
+}
+_RGB_ONLY = frozenset({"color"})
+LEVELS = 30  # magnitude levels 0..30, as torchvision's 31 bins
+
+
+class _Policy:
+    """Shared by RandAugment and TrivialAugment: each image gets its own op from ``ops`` and its own
+    magnitude; each op runs once on the images that chose it. RGB-only ops are left out when C != 3."""
+
+    def __init__(self, ops: Sequence[str] | str | None, ranges: str) -> None:
+        ops = ops.split(",") if isinstance(ops, str) else list(POLICY_OPS) if ops is None else list(ops)
+        ops = [op.strip() for op in ops]
+        unknown = [op for op in ops if op not in POLICY_OPS]
+        if not ops or unknown:
+            raise ValueError(f"ops must be a non-empty list of {sorted(POLICY_OPS)}, got unknown {unknown}")
+        if ranges not in ("standard", "wide"):
+            raise ValueError(f"ranges must be 'standard' or 'wide', got {ranges!r}")
+        self.ops, self.wide = ops, ranges == "wide"
+
+    def _apply(self, x: torch.Tensor, level: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """One op per image, at magnitude ``level`` ([B], in [0, LEVELS]) with a random sign."""
+        names = [op for op in self.ops if x.shape[1] == 3 or op not in _RGB_ONLY]
+        b, dev = x.shape[0], x.device
+        choice = torch.randint(max(len(names), 1), (b,), generator=g, device=dev)
+        sign = torch.where(torch.rand(b, generator=g, device=dev) < 0.5, -1.0, 1.0)
+        out = x.clone()
+        for i, name in enumerate(names):
+            idx = (choice == i).nonzero()[:, 0]
+            if name == "identity" or idx.numel() == 0:
+                continue
+            op = POLICY_OPS[name]
+            v = level[idx] / LEVELS * (op.wide if self.wide else op.standard)
+            out[idx] = op.fn(out[idx], v * sign[idx] if op.signed else v)
+        return out
+
+
+class RandAugment(_Policy):
+    """RandAugment (Cubuk et al., 2020): ``num_ops`` times in a row, each image gets an op drawn uniformly
+    from ``ops`` at the fixed ``magnitude`` (level 0..30 of the op's range, torchvision's scale; default
+    9), signed ops with a random sign. Images with 1 or 3 channels."""
+
+    def __init__(
+        self,
+        num_ops: int = 2,
+        magnitude: float = 9,
+        ops: Sequence[str] | None = None,
+        ranges: str = "standard",
+    ) -> None:
+        super().__init__(ops, ranges)
+        if int(num_ops) != num_ops or num_ops < 0:
+            raise ValueError(f"num_ops must be an integer >= 0, got {num_ops}")
+        if not 0 <= magnitude <= LEVELS:
+            raise ValueError(f"magnitude must be in [0, {LEVELS}], got {magnitude}")
+        self.num_ops, self.magnitude = int(num_ops), float(magnitude)
+
+    def __call__(
+        self, x: torch.Tensor, y: torch.Tensor, g: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        level = torch.full((x.shape[0],), self.magnitude, device=x.device)
+        for _ in range(self.num_ops):
+            x = self._apply(x, level, g)
+        return x, y
+
+
+class TrivialAugment(_Policy):
+    """TrivialAugment (Müller and Hutter, ICCV 2021): each image gets one op drawn uniformly from ``ops``
+    at a magnitude level drawn uniformly from 0..30 per image, signed ops with a random sign, over the
+    "wide" ranges by default. Images with 1 or 3 channels."""
+
+    def __init__(self, ops: Sequence[str] | None = None, ranges: str = "wide") -> None:
+        super().__init__(ops, ranges)
+
+    def __call__(
+        self, x: torch.Tensor, y: torch.Tensor, g: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        level = torch.randint(LEVELS + 1, (x.shape[0],), generator=g, device=x.device).float()
+        return self._apply(x, level, g), y
+
+
+def affine(
+    degrees: float = 0.0,
+    translate: float = 0.1,
+    scale: Sequence[float] = (0.9, 1.1),
+    shear: float = 10.0,
+    p: float = 1.0,
+) -> Affine:
+    """Random affine per image: zoom, shift, shear (and rotation), bilinear."""
+    return Affine(degrees=degrees, translate=translate, scale=scale, shear=shear, p=p)
+
+
+def color_jitter(
+    brightness: float = 0.2, contrast: float = 0.2, saturation: float = 0.2, hue: float = 0.05, p: float = 1.0
+) -> ColorJitter:
+    """Random brightness/contrast per image (saturation/hue too on RGB)."""
+    return ColorJitter(brightness=brightness, contrast=contrast, saturation=saturation, hue=hue, p=p)
+
+
+def resized_crop(
+    scale: Sequence[float] = (0.08, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3)
+) -> ResizedCrop:
+    """Random resized crop (area fraction `scale`, aspect `ratio`), resized back."""
+    return ResizedCrop(scale=scale, ratio=ratio)
+
+
+def randaugment(
+    num_ops: int = 2, magnitude: float = 9, ops: Sequence[str] | None = None, ranges: str = "standard"
+) -> RandAugment:
+    """RandAugment: num_ops random ops per image at a fixed magnitude (0-30)."""
+    return RandAugment(num_ops=num_ops, magnitude=magnitude, ops=ops, ranges=ranges)
+
+
+def trivialaugment(ops: Sequence[str] | None = None, ranges: str = "wide") -> TrivialAugment:
+    """TrivialAugment: one random op per image at a random magnitude (0-30)."""
+    return TrivialAugment(ops=ops, ranges=ranges)
