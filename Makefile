@@ -2,7 +2,7 @@
 VENV ?= .venv
 RUN = . $(VENV)/bin/activate &&
 
-.PHONY: setup pipeline test test-fast lint bench clean
+.PHONY: setup pipeline test test-fast lint bench readme clean
 
 setup:
 	@bash scripts/setup.sh
@@ -12,7 +12,7 @@ pipeline: setup  ## set up, run the whole DVC pipeline, say where the results ar
 	@$(RUN) python -m pipeline.summary
 
 test: setup  ## set up, lint, run every test (the slow end-to-end ones too)
-	@$(RUN) ruff check pipeline plugins tests benchmarks examples
+	@$(RUN) ruff check pipeline plugins tests benchmarks examples scripts
 	@$(RUN) python -m pytest -q
 
 test-fast: setup  ## everything but the slow end-to-end tests
@@ -23,6 +23,9 @@ lint: setup
 
 bench: setup
 	@$(RUN) python benchmarks/run.py
+
+readme: setup  ## regenerate the plugin table in README.md from the installed built-ins
+	@$(RUN) python scripts/readme_plugins.py
 
 clean:  ## remove pipeline outputs (not the venv, the MLflow store or the DVC cache)
 	rm -rf data/prepared models reports/plots .checkpoints

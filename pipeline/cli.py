@@ -1,6 +1,7 @@
 """The ``distillops`` command.
 
-distillops plugins list [--json]   every plugin: group, name, distribution==version, status, summary
+distillops plugins list [--json | --markdown]   every plugin: group, name, distribution==version, status,
+                                   summary (--markdown: a table with each plugin's parameters and defaults)
 distillops plugins check           import every plugin and run the contract checks on it
 distillops predict MODEL.onnx IMAGES.npy   classify images with ONNX Runtime alone
 """
@@ -36,13 +37,37 @@ def plugin_rows(load: bool = True) -> list[dict[str, Any]]:
                 try:
                     factory = info.load()
                     doc = inspect.getdoc(factory) or ""
-                    row["summary"] = doc.strip().splitlines()[0] if doc.strip() else ""
-                    names, _ = registry.accepted_keywords(factory)
-                    row["keywords"] = [n for n in names if n not in registry.MODEL_ARGS]
+                    row["summary"] = " ".join(doc.split("\n\n")[0].split())  # first paragraph
+                    row["parameters"] = _parameters(factory)
+                    row["keywords"] = list(row["parameters"])
                 except DistillopsError as exc:
                     row["status"] = f"broken: {exc}"
             rows.append(row)
     return rows
+
+
+def _parameters(factory: Any) -> dict[str, str]:
+    """Keyword -> default (as written in params.yaml) for a factory; the fixed model arguments left out."""
+    out = {}
+    for name, param in inspect.signature(factory).parameters.items():
+        if name in registry.MODEL_ARGS or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        default = param.default
+        if default is param.empty:
+            out[name] = "(required)"
+        else:
+            out[name] = json.dumps(list(default) if isinstance(default, tuple) else default)
+    return out
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """The plugin table of the README: group, name, parameters with defaults, summary."""
+    lines = ["| group | name | parameters (defaults) | what it does |", "|---|---|---|---|"]
+    for r in rows:
+        params = ", ".join(f"`{k}={v}`" for k, v in r.get("parameters", {}).items()) or "none"
+        summary = r["summary"] if r["status"] == "ok" else r["status"]
+        lines.append(f"| {r['group']} | `{r['name']}` | {params} | {summary.replace('|', '/')} |")
+    return "\n".join(lines)
 
 
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
@@ -54,8 +79,12 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 def cmd_plugins_list(args: argparse.Namespace) -> int:
     rows = plugin_rows()
+    if args.distribution:
+        rows = [r for r in rows if r["distribution"].split("==")[0] == args.distribution]
     if args.json:
         print(json.dumps(rows, indent=2))
+    elif args.markdown:
+        print(markdown_table(rows))
     else:
         print(_table(rows, ["group", "name", "distribution", "status", "summary"]))
     return 0
@@ -96,7 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     plugins = sub.add_parser("plugins", help="list and check installed plugins")
     psub = plugins.add_subparsers(dest="plugins_command", required=True)
     plist = psub.add_parser("list", help="list every plugin with its distribution and status")
-    plist.add_argument("--json", action="store_true", help="machine-readable output")
+    fmt = plist.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="machine-readable output")
+    fmt.add_argument("--markdown", action="store_true", help="a markdown table with parameters and defaults")
+    plist.add_argument("--distribution", help="only the plugins of this distribution (e.g. distillops)")
     plist.set_defaults(func=cmd_plugins_list)
     pcheck = psub.add_parser("check", help="import every plugin and run the contract checks")
     pcheck.set_defaults(func=cmd_plugins_check)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -159,3 +160,27 @@ def test_cli_plugins_list_table_shows_group_name_distribution():
     assert any(
         line.split()[:3] == ["models", "lenet5", line.split()[2]] and "distillops==" in line for line in lines
     )
+
+
+def test_cli_markdown_table_lists_parameters_with_defaults():
+    out = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "plugins", "list", "--markdown", "--distribution", "distillops"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    lines = out.splitlines()
+    assert lines[0].startswith("| group | name | parameters")
+    assert "| losses | `kd` | `temperature=4.0` |" in out
+    assert '`direction="horizontal"`' in out
+    assert all(line.count("|") >= 5 for line in lines)
+    ours = [i for g in registry.GROUPS for i in registry.find(g).values() if i.distribution == "distillops"]
+    assert len(lines) - 2 == len(ours)  # one row per built-in
+
+
+def test_readme_plugin_table_is_current():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+    from readme_plugins import builtin_table
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert builtin_table() in readme, "README's plugin table is stale: run `make readme`"
