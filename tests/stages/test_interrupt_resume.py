@@ -1,5 +1,7 @@
 """SIGTERM during training, in a real subprocess: checkpoint saved, MLflow run KILLED, non-zero exit;
-the rerun resumes and ends bit-identical to an uninterrupted run (behaviours 6 and 11)."""
+the rerun resumes and ends bit-identical to an uninterrupted run (behaviours 6 and 11). SIGKILL: no
+chance to save anything, so the rerun resumes from the last per-epoch checkpoint, marks the run the
+killed process left RUNNING as KILLED (behaviour 7), and still ends bit-identical."""
 
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ def workdirs(tmp_path_factory):
     dirs = []
     params = tiny_params_dict(**{"data.train_limit": 3000, "teacher.epochs": 2, "teacher.batch_size": 64})
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
-    for name in ("reference", "interrupted"):
+    for name in ("reference", "interrupted", "killed"):
         d = tmp_path_factory.mktemp(name)
         (d / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         d_env = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{d / 'mlflow.db'}"}
@@ -37,9 +39,16 @@ def workdirs(tmp_path_factory):
     return dirs
 
 
-def test_sigterm_checkpoints_marks_killed_and_resume_is_bit_identical(workdirs):
-    (ref, ref_env), (work, env) = workdirs
+@pytest.fixture(scope="module")
+def reference(workdirs) -> Path:
+    """An uninterrupted teacher run with the same params and seed."""
+    ref, ref_env = workdirs[0]
     subprocess.run(stage_cmd("teacher"), cwd=ref, env=ref_env, check=True, capture_output=True, timeout=600)
+    return ref
+
+
+def test_sigterm_checkpoints_marks_killed_and_resume_is_bit_identical(workdirs, reference):
+    ref, (work, env) = reference, workdirs[1]
 
     proc = subprocess.Popen(
         stage_cmd("teacher"), cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -69,9 +78,41 @@ def test_sigterm_checkpoints_marks_killed_and_resume_is_bit_identical(workdirs):
     )
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming training from epoch 2" in resumed.stdout
+    assert_same_teacher(work, ref)
+    assert not checkpoint.exists()  # removed once the stage has finished
+
+
+def assert_same_teacher(work: Path, ref: Path) -> None:
     weights = Path("models/teacher/model.safetensors")
     assert (work / weights).read_bytes() == (ref / weights).read_bytes()
-    assert (work / "models/teacher/history.csv").read_text() == (
-        ref / "models/teacher/history.csv"
-    ).read_text()
-    assert not checkpoint.exists()  # removed once the stage has finished
+    history = Path("models/teacher/history.csv")
+    assert (work / history).read_text() == (ref / history).read_text()
+
+
+def test_sigkill_resumes_from_the_last_epoch_checkpoint_bit_identically(workdirs, reference):
+    ref, (work, env) = reference, workdirs[2]
+    proc = subprocess.Popen(
+        stage_cmd("teacher"), cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    checkpoint = work / ".checkpoints" / "teacher.pt"
+    for line in proc.stdout:
+        if "epoch 1/2" in line:  # the epoch-1 checkpoint is written (atomically) right after this line
+            deadline = time.monotonic() + 60
+            while not checkpoint.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            proc.kill()  # somewhere inside epoch 2
+            break
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert checkpoint.exists()
+
+    resumed = subprocess.run(
+        stage_cmd("teacher"), cwd=work, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming training from epoch 2, batch 0" in resumed.stdout, resumed.stdout
+    assert_same_teacher(work, ref)
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name("distillops")
+    runs = client.search_runs([exp.experiment_id], "tags.`distillops.stage` = 'teacher'")
+    assert sorted(r.info.status for r in runs) == ["FINISHED", "KILLED"]
