@@ -1,0 +1,74 @@
+"""What the distillation benchmarks share: the pipeline's own teacher, data and trainer."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import statistics
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.data import NUM_CLASSES, Split, load_splits  # noqa: E402
+from pipeline.modelio import build_model, load_model  # noqa: E402
+from pipeline.params import LossSpec, Params, TrainParams  # noqa: E402
+from pipeline.prepare import SOURCE_FILE  # noqa: E402
+from pipeline.teacher import out_dir as teacher_dir  # noqa: E402
+from pipeline.training import (  # noqa: E402
+    Trainer,
+    accuracy,
+    build_augmenters,
+    build_losses,
+    predict_logits,
+    setup_runtime,
+)
+
+
+def pipeline_inputs(params: Params) -> tuple[dict[str, Split], torch.nn.Module]:
+    """The prepared splits and the trained teacher (run `dvc repro` first)."""
+    splits = load_splits(Path(params.paths.prepared) / SOURCE_FILE)
+    teacher, _ = load_model(teacher_dir(params), torch.device("cpu"))
+    return splits, teacher
+
+
+def train_student(
+    params: Params,
+    cfg: TrainParams,
+    losses: Sequence[LossSpec],
+    seed: int,
+    splits: dict[str, Split],
+    teacher: torch.nn.Module | None,
+    label: str,
+) -> float:
+    """Train the params' student with ``losses`` (and the teacher where a loss needs it); test accuracy."""
+    device = setup_runtime(params.runtime, seed)
+    model, _ = build_model(params.student.model, NUM_CLASSES, 1)
+    terms = build_losses(losses, "distill")
+    needs_teacher = any(getattr(t.obj, "requires_teacher", True) for t in terms)
+    trainer = Trainer(
+        "distill",
+        model,
+        terms,
+        cfg,
+        device,
+        seed,
+        NUM_CLASSES,
+        build_augmenters(params.augment.ops, "distill") if cfg.augment else [],
+        teacher=teacher if needs_teacher else None,
+        progress=False,
+        channels_last=params.runtime.channels_last,
+        run_label=label,
+    )
+    with contextlib.redirect_stdout(io.StringIO()):
+        trainer.fit(splits["train"], splits["val"])
+    test = splits["test"]
+    return accuracy(predict_logits(model, torch.from_numpy(test.x), device), torch.from_numpy(test.y))
+
+
+def mean_std(values: Sequence[float], scale: float = 1.0, digits: int = 4, signed: bool = False) -> str:
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values) * scale:{'+' if signed else ''}.{digits}f} +- {std * scale:.{digits}f}"
