@@ -20,6 +20,7 @@ from pipeline.data import IN_CHANNELS, NUM_CLASSES, Split
 from pipeline.errors import DistillopsError
 from pipeline.io import write_text
 from pipeline.modelio import LOSS_WEIGHTS, META, WEIGHTS, save_model, save_weights
+from pipeline.outputs import restore_previous
 from pipeline.params import Params, PluginSpec, TrainParams, load_params
 from pipeline.registry import PluginInfo, resolve
 from pipeline.tracking import Tracker
@@ -67,17 +68,35 @@ def main(stage: str, run: Callable[[Params, Path], object], argv: list[str] | No
             validate_plugins(params)
             run(params, args.params)
     except DistillopsError as exc:
-        print(f"error: stage '{stage}': {exc}", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
+        _exit(stage, f"error: stage '{stage}': {exc}", EXIT_USER_ERROR)
     except interrupts.StageInterrupted as exc:
-        print(
-            f"stage '{stage}' interrupted ({exc}); rerun to resume from the last checkpoint", file=sys.stderr
+        _exit(
+            stage,
+            f"stage '{stage}' interrupted ({exc}); rerun to resume from the last checkpoint",
+            exc.exit_code,
         )
-        sys.exit(exc.exit_code)
     except Exception:
         traceback.print_exc()
-        print(f"error: stage '{stage}' failed with an unexpected error (traceback above)", file=sys.stderr)
-        sys.exit(1)
+        _exit(stage, f"error: stage '{stage}' failed with an unexpected error (traceback above)", 1)
+
+
+def _exit(stage: str, message: str, code: int) -> None:
+    """Report a failed stage; under DVC, first put back the outputs DVC removed before running it."""
+    print(message, file=sys.stderr)
+    restored, missing = restore_previous(stage)
+    if restored:
+        print(
+            f"stage '{stage}': its previous outputs are back in place ({', '.join(restored)}), "
+            f"rebuilt from the DVC cache as dvc.lock records them; dvc.lock is unchanged",
+            file=sys.stderr,
+        )
+    if missing:
+        print(
+            f"stage '{stage}': could not restore {', '.join(missing)} (not in the DVC cache); "
+            f"`dvc pull` or rerun the stage",
+            file=sys.stderr,
+        )
+    sys.exit(code)
 
 
 @dataclass

@@ -172,3 +172,34 @@ def test_second_repro_does_nothing(repro, pipeline_env):
     assert "Running stage" not in again.stdout
     assert (repo / "dvc.lock").read_text() == lock
     print(f"second dvc repro: {elapsed:.1f} s")
+
+
+def test_failed_stage_leaves_lock_and_previous_outputs_in_place(repro, pipeline_env):  # behaviour 1
+    repo, _ = repro
+    lock = (repo / "dvc.lock").read_text()
+    kept = [
+        "models/student/model.safetensors",
+        "models/student/history.csv",
+        "models/student_alone/model.json",
+    ]
+    before = {path: (repo / path).read_bytes() for path in kept}
+    params_file = repo / "params.yaml"
+    original = params_file.read_text()
+    params = yaml.safe_load(original)
+    params["distill"]["epochs"] = 2
+    params["distill"]["lr"] = 1e12  # diverges within a few steps: the stage fails halfway
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        failed = sh(["dvc", "repro"], repo, pipeline_env, check=False)
+        assert failed.returncode != 0
+        assert "previous outputs are back in place" in failed.stderr, failed.stderr
+        assert (repo / "dvc.lock").read_text() == lock
+        assert {path: (repo / path).read_bytes() for path in kept} == before
+
+        params["distill"]["lr"] = yaml.safe_load(original)["distill"]["lr"]  # fixed
+        params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+        rerun = sh(["dvc", "repro"], repo, pipeline_env)
+        assert "Running stage 'distill'" in rerun.stdout
+        assert "Running stage 'prepare'" not in rerun.stdout and "Running stage 'teacher'" not in rerun.stdout
+    finally:
+        params_file.write_text(original)
