@@ -29,7 +29,7 @@ attribute holds that name where it is known.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -248,15 +248,36 @@ class MLP(nn.Module):
         return self.fc(self.features(self.normalize(x)))
 
 
-def resnet8(
-    num_classes: int,
-    in_channels: int,
-    widths: Sequence[int] = (16, 32, 64),
-    mean: float = DEFAULT_MEAN,
-    std: float = DEFAULT_STD,
-) -> ResNet:
-    """ResNet-8-like teacher: stem + three stages of one basic block (widths per stage)."""
-    return ResNet(num_classes, in_channels, tuple(widths), 1, mean, std)
+def _resnet_factory(blocks: int, default_widths: tuple[int, ...], doc: str) -> Callable[..., ResNet]:
+    """A ResNet plugin factory with ``blocks`` basic blocks per stage (the signature the registry reads)."""
+
+    def factory(
+        num_classes: int,
+        in_channels: int,
+        widths: Sequence[int] = default_widths,
+        mean: float = DEFAULT_MEAN,
+        std: float = DEFAULT_STD,
+    ) -> ResNet:
+        return ResNet(num_classes, in_channels, tuple(widths), blocks, mean, std)
+
+    factory.__doc__ = doc
+    return factory
+
+
+resnet8 = _resnet_factory(
+    1, (16, 32, 64), "ResNet-8-like teacher: stem + three stages of one basic block (widths per stage)."
+)
+resnet20 = _resnet_factory(
+    3,
+    (16, 32, 64),
+    "ResNet-20 (He et al. 2016, CIFAR variant): stem + three stages of three basic blocks (~0.27M).",
+)
+resnet18 = _resnet_factory(
+    2,
+    (64, 128, 256, 512),
+    "ResNet-18 for small images: a 3x3 stride-1 stem without max-pool, four stages of two basic blocks\n"
+    "(~11.2M parameters; slimmer with e.g. ``widths: [32, 64, 128, 256]``).",
+)
 
 
 def lenet5(
@@ -281,29 +302,6 @@ def mlp(
 ) -> MLP:
     """Fully connected network on the flattened image."""
     return MLP(num_classes, in_channels, tuple(hidden), image_size, mean, std)
-
-
-def resnet20(
-    num_classes: int,
-    in_channels: int,
-    widths: Sequence[int] = (16, 32, 64),
-    mean: float = DEFAULT_MEAN,
-    std: float = DEFAULT_STD,
-) -> ResNet:
-    """ResNet-20 (He et al. 2016, CIFAR variant): stem + three stages of three basic blocks (~0.27M)."""
-    return ResNet(num_classes, in_channels, tuple(widths), 3, mean, std)
-
-
-def resnet18(
-    num_classes: int,
-    in_channels: int,
-    widths: Sequence[int] = (64, 128, 256, 512),
-    mean: float = DEFAULT_MEAN,
-    std: float = DEFAULT_STD,
-) -> ResNet:
-    """ResNet-18 for small images: a 3x3 stride-1 stem without max-pool, four stages of two basic blocks
-    (~11.2M parameters; slimmer with e.g. ``widths: [32, 64, 128, 256]``)."""
-    return ResNet(num_classes, in_channels, tuple(widths), 2, mean, std)
 
 
 def mobilenet(
