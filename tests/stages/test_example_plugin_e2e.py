@@ -63,11 +63,11 @@ def experiment(tmp_path_factory, pipeline_env):
         repo,
         env,
     )
-    return repo, env, listed, run
+    return repo, env, listed, run, source
 
 
 def test_plugins_list_shows_the_installed_package(experiment):
-    _, _, listed, _ = experiment
+    _, _, listed, _, _ = experiment
     rows = {(r["group"], r["name"]): r for r in listed}
     assert rows[("losses", "logit_huber")]["distribution"] == PROVENANCE
     assert rows[("augmenters", "gaussian_noise")]["status"] == "ok"
@@ -76,7 +76,7 @@ def test_plugins_list_shows_the_installed_package(experiment):
 def test_runs_carry_the_third_party_distribution_and_version(experiment):
     from mlflow.tracking import MlflowClient
 
-    repo, _, _, _ = experiment
+    repo, *_ = experiment
     client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
     exp = client.get_experiment_by_name("distillops")
     runs = client.search_runs([exp.experiment_id], max_results=200)
@@ -93,7 +93,7 @@ def test_runs_carry_the_third_party_distribution_and_version(experiment):
 
 
 def test_offline_copies_were_materialised_and_used(experiment):
-    repo, _, _, run = experiment
+    repo, _, _, run, _ = experiment
     manifest = json.loads((repo / "data/augmented/manifest.json").read_text())
     assert manifest["mode"] == "offline" and manifest["copies"] == 2
     with np.load(repo / "data/augmented/copies.npz") as npz:
@@ -105,6 +105,15 @@ def test_offline_copies_were_materialised_and_used(experiment):
 
 
 def test_dvc_exp_show_lists_the_experiment_with_its_params(experiment):
-    repo, env, _, _ = experiment
+    repo, env, *_ = experiment
     shown = sh(["dvc", "exp", "show", "--json"], repo, env).stdout
     assert "third-party" in shown and "logit_huber" in shown and "student.accuracy" in shown
+
+
+def test_the_package_own_tests_pass_once_installed(experiment):
+    _, env, _, _, source = experiment
+    result = sh(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"], source, env, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert " passed" in result.stdout
