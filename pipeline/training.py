@@ -70,6 +70,10 @@ class Plugin:
     obj: Any
     info: PluginInfo
     stage: str
+    spec: PluginSpec | None = field(default=None, kw_only=True)  # what params selected (for checkpoints)
+
+    def describe(self) -> str:
+        return self.spec.describe() if self.spec is not None else self.info.name
 
     def __call__(self, *args: Any) -> Any:
         try:
@@ -89,11 +93,11 @@ class LossTerm(Plugin):
 
 
 def build_augmenters(specs: Sequence[PluginSpec], stage: str) -> list[Plugin]:
-    return [Plugin(*create("augmenters", spec), stage) for spec in specs]
+    return [Plugin(*create("augmenters", spec), stage, spec=spec) for spec in specs]
 
 
 def build_losses(specs: Sequence[LossSpec], stage: str) -> list[LossTerm]:
-    return [LossTerm(*create("losses", spec), stage, spec.weight) for spec in specs]
+    return [LossTerm(*create("losses", spec), stage, spec.weight, spec=spec) for spec in specs]
 
 
 def plugin_tags(plugins: Sequence[Plugin]) -> dict[str, str]:
@@ -173,6 +177,15 @@ def _make_scheduler(
         return 0.5 * (1.0 + math.cos(math.pi * min(step - warm, decay) / decay))
 
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def digest(tensors: Iterator[torch.Tensor] | Sequence[torch.Tensor]) -> str:
+    """sha256 of the tensors' bytes, in order (a fingerprint of weights or data)."""
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy())  # any dtype
+        h.update(str(tuple(t.shape)).encode())
+    return h.hexdigest()[:16]
 
 
 def config_hash(obj: Any) -> str:
@@ -349,9 +362,15 @@ class Trainer:
                 "cfg": cfg.__dict__,
                 "seed": self.seed,
                 "n": n,
-                "losses": [(t.info.name, t.weight) for t in self.losses],
-                "augment": [a.info.name for a in self.augmenters],
+                "losses": [(t.describe(), t.weight) for t in self.losses],
+                "augment": [a.describe() for a in self.augmenters],
                 "copies": len(views) if copies is not None else 0,
+                # a checkpoint only resumes the same architecture, teacher and training data
+                "model": [(k, tuple(v.shape)) for k, v in self.model.state_dict().items()],
+                "teacher": digest(t.detach() for t in self.teacher.state_dict().values())
+                if self.teacher
+                else "",
+                "data": digest(t for view in views for t in view),
             }
         )
         history: list[dict[str, float]] = []

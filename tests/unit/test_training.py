@@ -167,3 +167,43 @@ def test_feature_taps_capture_and_are_removed():
     assert all(not m._forward_hooks for m in model.modules())
     with pytest.raises(PluginError, match="does not have"), feature_taps(model, ["nope"]):
         pass
+
+
+def test_checkpoint_resumes_only_the_same_augmenter_settings_architecture_and_data(tmp_path):
+    ckpt = tmp_path / "c.pt"
+    flip = build_augmenters([PluginSpec("flip", {"p": 0.5})], "teacher")
+    trainer(student(), augs=flip, checkpoint=ckpt).fit(toy_split(64, 0), toy_split(32, 1))
+    same = trainer(
+        student(), augs=build_augmenters([PluginSpec("flip", {"p": 0.5})], "teacher"), checkpoint=ckpt
+    )
+    assert same.fit(toy_split(64, 0), toy_split(32, 1)).resumed_from == 2  # (all epochs done: nothing left)
+    other_p = build_augmenters([PluginSpec("flip", {"p": 0.2})], "teacher")
+    assert (
+        trainer(student(), augs=other_p, checkpoint=ckpt).fit(toy_split(64, 0), toy_split(32, 1)).resumed_from
+        is None
+    )
+    trainer(student(), augs=flip, checkpoint=ckpt).fit(toy_split(64, 0), toy_split(32, 1))
+    assert (
+        trainer(student(), augs=flip, checkpoint=ckpt).fit(toy_split(64, 5), toy_split(32, 1)).resumed_from
+        is None
+    )
+    wider, _ = create("models", PluginSpec("lenet5", {"width": 2.0}), num_classes=10, in_channels=1)
+    trainer(student(), augs=flip, checkpoint=ckpt).fit(toy_split(64, 0), toy_split(32, 1))
+    assert (
+        trainer(wider, augs=flip, checkpoint=ckpt).fit(toy_split(64, 0), toy_split(32, 1)).resumed_from
+        is None
+    )
+
+
+def test_checkpoint_of_a_distilled_student_needs_the_same_teacher(tmp_path):
+    ckpt = tmp_path / "c.pt"
+    losses = [LossSpec("kd", {"temperature": 2.0}, 0.5), LossSpec("ce", {}, 0.5)]
+    trainer(student(), build_losses(losses, "distill"), checkpoint=ckpt, teacher=student(1).eval()).fit(
+        toy_split(64, 0), toy_split(32, 1)
+    )
+    again = trainer(student(), build_losses(losses, "distill"), checkpoint=ckpt, teacher=student(1).eval())
+    assert again.fit(toy_split(64, 0), toy_split(32, 1)).resumed_from == 2
+    retrained = trainer(
+        student(), build_losses(losses, "distill"), checkpoint=ckpt, teacher=student(2).eval()
+    )
+    assert retrained.fit(toy_split(64, 0), toy_split(32, 1)).resumed_from is None
