@@ -3,6 +3,7 @@
 distillops plugins list [--json | --markdown]   every plugin: group, name, distribution==version, status,
                                    summary (--markdown: a table with each plugin's parameters and defaults)
 distillops plugins check           import every plugin and run the contract checks on it
+distillops report [--metric M ...]   mean +- std over seeds of the final metrics, per configuration (MLflow)
 distillops predict MODEL.onnx IMAGES.npy   classify images with ONNX Runtime alone
 """
 
@@ -111,6 +112,12 @@ def cmd_plugins_check(_args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from pipeline import report
+
+    return report.main(args)
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from pipeline import predict
 
@@ -132,6 +139,17 @@ def build_parser() -> argparse.ArgumentParser:
     plist.set_defaults(func=cmd_plugins_list)
     pcheck = psub.add_parser("check", help="import every plugin and run the contract checks")
     pcheck.set_defaults(func=cmd_plugins_check)
+    report = sub.add_parser("report", help="mean +- std over seeds of the final metrics, from MLflow")
+    report.add_argument(
+        "--metric", action="append", help="a metrics.json key (repeatable; default: the main ones)"
+    )
+    report.add_argument(
+        "--experiment", help="MLflow experiment (default: MLFLOW_EXPERIMENT_NAME or params.yaml)"
+    )
+    report.add_argument(
+        "--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI or the repo's SQLite)"
+    )
+    report.set_defaults(func=cmd_report)
     pred = sub.add_parser("predict", help="classify images with an exported ONNX model (onnxruntime + numpy)")
     pred.add_argument("model")
     pred.add_argument("images", nargs="+")

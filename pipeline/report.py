@@ -1,0 +1,119 @@
+"""``distillops report``: mean +- std over seeds of the pipeline's final metrics, from MLflow.
+
+Every finished ``evaluate`` run carries the whole configuration as params and the final metrics, so a
+sweep (``dvc exp run --queue -S seed=1 -S ...``) needs nothing else: runs are grouped by their params
+minus the seed (and settings that do not change results, like paths and progress bars), the latest run
+of each (configuration, seed) counts once, and each group becomes one row. The columns name the params
+that differ between the groups, so the table shows what was swept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.errors import DistillopsError
+
+DEFAULT_METRICS = (
+    "teacher.accuracy",
+    "student_alone.accuracy",
+    "student.accuracy",
+    "distill.gain",
+    "transfer.accuracy",
+    "transfer.scratch_accuracy",
+)
+# params that do not change results (or are the replicate axis)
+IGNORED_PREFIXES = ("seed", "paths.", "runtime.progress", "runtime.threads", "mlflow.")
+
+
+@dataclass
+class Group:
+    config: dict[str, str]
+    seeds: list[str]
+    values: dict[str, list[float]]
+
+
+def _ignored(key: str) -> bool:
+    return any(key == p or key.startswith(p) for p in IGNORED_PREFIXES)
+
+
+def group_runs(runs: Sequence[Any], metrics: Sequence[str]) -> tuple[list[str], list[Group]]:
+    """(the params that differ between groups, one group per configuration)."""
+    latest: dict[tuple, Any] = {}
+    for run in sorted(runs, key=lambda r: r.info.start_time or 0):
+        params = run.data.params
+        config = tuple(sorted((k, v) for k, v in params.items() if not _ignored(k)))
+        latest[(config, params.get("seed", ""))] = run  # a rerun of the same seed replaces the earlier one
+    groups: dict[tuple, Group] = {}
+    for (config, seed), run in sorted(latest.items(), key=lambda kv: (kv[0][0], _seed_order(kv[0][1]))):
+        group = groups.setdefault(config, Group(dict(config), [], {m: [] for m in metrics}))
+        group.seeds.append(seed)
+        for m in metrics:
+            if m in run.data.metrics:
+                group.values[m].append(run.data.metrics[m])
+    keys = sorted({k for g in groups.values() for k in g.config})
+    varying = [k for k in keys if len({g.config.get(k) for g in groups.values()}) > 1]
+    return varying, list(groups.values())
+
+
+def _seed_order(seed: str) -> tuple[int, str]:
+    return (int(seed), "") if seed.lstrip("-").isdigit() else (0, seed)
+
+
+def mean_std(values: Sequence[float]) -> str:
+    if not values:
+        return "-"
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.4f} +- {std:.4f}"
+
+
+def markdown(varying: Sequence[str], groups: Sequence[Group], metrics: Sequence[str]) -> str:
+    head = [*(varying or ["configuration"]), "seeds", *metrics]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for g in groups:
+        config = [g.config.get(k, "") for k in varying] or ["all runs"]
+        cells = [*config, f"{len(g.seeds)} ({', '.join(g.seeds)})", *(mean_std(g.values[m]) for m in metrics)]
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def finished_evaluate_runs(tracking_uri: str, experiment: str) -> list[Any]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise DistillopsError(
+            f"no MLflow experiment '{experiment}' in {tracking_uri}; run the pipeline first "
+            f"(dvc repro) or pass --experiment / --tracking-uri"
+        )
+    return client.search_runs(
+        [exp.experiment_id],
+        filter_string="tags.`distillops.stage` = 'evaluate' and attributes.status = 'FINISHED'",
+        max_results=5000,
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    import os
+
+    from pipeline import tracking
+    from pipeline.params import Params, load_params
+
+    uri = args.tracking_uri or tracking.tracking_uri()
+    try:
+        default_experiment = load_params().mlflow.experiment
+    except DistillopsError:  # not in a checkout with a params.yaml
+        default_experiment = Params().mlflow.experiment
+    experiment = args.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or default_experiment
+    metrics = args.metric or list(DEFAULT_METRICS)
+    runs = finished_evaluate_runs(uri, experiment)
+    if not runs:
+        raise DistillopsError(f"experiment '{experiment}' in {uri} has no finished evaluate run yet")
+    varying, groups = group_runs(runs, metrics)
+    print(f"{len(runs)} evaluate runs in '{experiment}' ({uri}), {len(groups)} configuration(s)\n")
+    print(markdown(varying, groups, metrics))
+    return 0

@@ -1,0 +1,63 @@
+"""`distillops report` over a real SQLite MLflow store: groups by configuration, one value per seed."""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+
+from mlflow.tracking import MlflowClient
+
+
+def evaluate_run(client, exp_id, seed, loss, acc, status="FINISHED"):
+    run = client.create_run(exp_id, tags={"distillops.stage": "evaluate"})
+    for key, value in {
+        "seed": seed,
+        "distill.losses.0.name": loss,
+        "distill.epochs": 20,
+        "paths.models": "m",
+    }.items():
+        client.log_param(run.info.run_id, key, value)
+    client.log_metric(run.info.run_id, "student.accuracy", acc)
+    client.log_metric(run.info.run_id, "teacher.accuracy", 0.91)
+    client.set_terminated(run.info.run_id, status=status)
+
+
+def test_report_gives_mean_and_std_over_seeds_per_swept_configuration(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp_id = client.create_experiment("sweep")
+    evaluate_run(client, exp_id, 0, "kd", 0.50)  # replaced by the rerun of seed 0 below
+    for seed, acc in enumerate([0.912, 0.914, 0.913]):
+        evaluate_run(client, exp_id, seed, "kd", acc)
+    for seed, acc in enumerate([0.915, 0.918]):
+        evaluate_run(client, exp_id, seed, "dist", acc)
+    evaluate_run(client, exp_id, 5, "dist", 0.1, status="FAILED")  # not counted
+    other_stage = client.create_run(exp_id, tags={"distillops.stage": "distill"})
+    client.log_metric(other_stage.info.run_id, "student.accuracy", 0.2)
+    client.set_terminated(other_stage.info.run_id)
+
+    out = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "report", "--tracking-uri", uri, "--experiment", "sweep"]
+        + ["--metric", "student.accuracy", "--metric", "teacher.accuracy"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    lines = [line for line in out.splitlines() if line.startswith("|")]
+    assert lines[0] == "| distill.losses.0.name | seeds | student.accuracy | teacher.accuracy |"
+    kd = statistics.mean([0.912, 0.914, 0.913]), statistics.stdev([0.912, 0.914, 0.913])
+    dist = statistics.mean([0.915, 0.918]), statistics.stdev([0.915, 0.918])
+    assert f"| kd | 3 (0, 1, 2) | {kd[0]:.4f} +- {kd[1]:.4f} | 0.9100 +- 0.0000 |" in lines
+    assert f"| dist | 2 (0, 1) | {dist[0]:.4f} +- {dist[1]:.4f} | 0.9100 +- 0.0000 |" in lines
+    assert len(lines) == 4
+
+
+def test_report_on_a_missing_experiment_says_what_to_do(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "report", "--tracking-uri", uri, "--experiment", "nope"],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 2 and "no MLflow experiment 'nope'" in out.stderr and "dvc repro" in out.stderr
