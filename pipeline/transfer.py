@@ -23,7 +23,7 @@ from pipeline.io import write_json
 from pipeline.modelio import build_model, load_model
 from pipeline.params import Params
 from pipeline.prepare import TARGET_FILE
-from pipeline.training import build_augmenters, build_losses, plugin_tags, setup_runtime
+from pipeline.training import build_losses, plugin_tags, setup_runtime
 
 VARIANTS = ("scratch", "transferred")
 
@@ -95,9 +95,9 @@ def run(params: Params, params_file: Path) -> dict[str, stage.Fitted]:
     splits = load_splits(Path(params.paths.prepared) / TARGET_FILE)
     source, _meta = load_model(student_dir(params, "student"), "cpu")
     losses = build_losses(cfg.losses, "transfer")
-    augs = build_augmenters(params.augment.ops, "transfer") if cfg.augment else []
+    aug = stage.augmentation(params, cfg.augment, "transfer")  # another dataset: always online
     _, model_info = build_model(params.student.model, NUM_CLASSES, IN_CHANNELS)
-    tags = {**plugin_tags([*losses, *augs]), model_info.tag: model_info.provenance}
+    tags = {**plugin_tags([*losses, *aug.plugins]), model_info.tag: model_info.provenance}
     fitted: dict[str, stage.Fitted] = {}
     with tracking.stage_run("transfer", params, params_file, tags) as tracker:
         for variant in VARIANTS:
@@ -123,7 +123,7 @@ def run(params: Params, params_file: Path) -> dict[str, stage.Fitted]:
                 model,
                 losses,
                 cfg,
-                augs,
+                aug.online,
                 device,
                 label=variant,
                 lr_scale=lr_scale,
