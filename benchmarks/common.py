@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import io
-import statistics
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline.augment import AugmentedCopies  # noqa: E402
 from pipeline.data import NUM_CLASSES, Split, load_splits  # noqa: E402
 from pipeline.modelio import build_model, load_model  # noqa: E402
 from pipeline.params import LossSpec, Params, TrainParams  # noqa: E402
 from pipeline.prepare import SOURCE_FILE  # noqa: E402
+from pipeline.protocols import requires_teacher  # noqa: E402
 from pipeline.teacher import out_dir as teacher_dir  # noqa: E402
 from pipeline.training import (  # noqa: E402
     Trainer,
@@ -35,6 +37,13 @@ def pipeline_inputs(params: Params) -> tuple[dict[str, Split], torch.nn.Module]:
     return splits, teacher
 
 
+@dataclass
+class Trained:
+    accuracy: float  # on the test split
+    seconds: float  # Trainer.fit's own training time
+    teacher_passes: int  # full teacher passes over a training view (cached logits)
+
+
 def train_student(
     params: Params,
     cfg: TrainParams,
@@ -43,12 +52,14 @@ def train_student(
     splits: dict[str, Split],
     teacher: torch.nn.Module | None,
     label: str,
-) -> float:
-    """Train the params' student with ``losses`` (and the teacher where a loss needs it); test accuracy."""
+    copies: AugmentedCopies | None = None,
+) -> Trained:
+    """Train the params' student with ``losses`` (and the teacher where a loss needs it), augmented
+    online with ``augment.ops`` when ``cfg.augment``, or on the offline ``copies`` when given."""
     device = setup_runtime(params.runtime, seed)
     model, _ = build_model(params.student.model, NUM_CLASSES, 1)
     terms = build_losses(losses, "distill")
-    needs_teacher = any(getattr(t.obj, "requires_teacher", True) for t in terms)
+    online = cfg.augment and copies is None
     trainer = Trainer(
         "distill",
         model,
@@ -57,18 +68,15 @@ def train_student(
         device,
         seed,
         NUM_CLASSES,
-        build_augmenters(params.augment.ops, "distill") if cfg.augment else [],
-        teacher=teacher if needs_teacher else None,
+        build_augmenters(params.augment.ops, "distill") if online else [],
+        teacher=teacher if any(requires_teacher(t.obj) for t in terms) else None,
         progress=False,
         channels_last=params.runtime.channels_last,
         run_label=label,
+        copies=copies,
     )
     with contextlib.redirect_stdout(io.StringIO()):
-        trainer.fit(splits["train"], splits["val"])
+        result = trainer.fit(splits["train"], splits["val"])
     test = splits["test"]
-    return accuracy(predict_logits(model, torch.from_numpy(test.x), device), torch.from_numpy(test.y))
-
-
-def mean_std(values: Sequence[float], scale: float = 1.0, digits: int = 4, signed: bool = False) -> str:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values) * scale:{'+' if signed else ''}.{digits}f} +- {std * scale:.{digits}f}"
+    acc = accuracy(predict_logits(model, torch.from_numpy(test.x), device), torch.from_numpy(test.y))
+    return Trained(acc, result.seconds, trainer.teacher_passes)

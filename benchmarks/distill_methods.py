@@ -16,9 +16,10 @@ import dataclasses
 import time
 from pathlib import Path
 
-from common import mean_std, pipeline_inputs, train_student
+from common import pipeline_inputs, train_student
 
 from pipeline.params import LossSpec, load_params
+from pipeline.report import mean_std
 
 KD, CE = LossSpec("kd", {"temperature": 4.0}, 0.5), LossSpec("ce", {}, 0.5)
 METHODS: dict[str, tuple[LossSpec, ...]] = {
@@ -58,7 +59,7 @@ def main() -> None:
     for name in args.methods:
         accs, t0 = [], time.perf_counter()
         for seed in args.seeds:
-            accs.append(train_student(params, cfg, METHODS[name], seed, splits, teacher, name))
+            accs.append(train_student(params, cfg, METHODS[name], seed, splits, teacher, name).accuracy)
             print(f"{name} seed {seed}: {accs[-1]:.4f}", flush=True)
         rows.append((name, accs, (time.perf_counter() - t0) / len(args.seeds)))
     base = dict((n, a) for n, a, _ in rows).get("alone (ce)")

@@ -13,9 +13,10 @@ import argparse
 import time
 from pathlib import Path
 
-from common import mean_std, pipeline_inputs, train_student
+from common import pipeline_inputs, train_student
 
 from pipeline.params import load_params
+from pipeline.report import mean_std
 
 
 def main() -> None:
@@ -31,7 +32,7 @@ def main() -> None:
     t0 = time.perf_counter()
     for seed in args.seeds:
         for variant, specs in (("student_alone", cfg.baseline_losses), ("student", cfg.losses)):
-            acc = train_student(params, cfg, specs, seed, splits, teacher, variant)
+            acc = train_student(params, cfg, specs, seed, splits, teacher, variant).accuracy
             results[variant].append(acc)
             print(f"seed {seed} {variant}: {acc:.4f}", flush=True)
     gains = [d - a for d, a in zip(results["student"], results["student_alone"], strict=True)]

@@ -12,20 +12,16 @@ reported separately.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import io
 import time
 from pathlib import Path
 
-import torch
-from common import pipeline_inputs
+from common import pipeline_inputs, train_student
 
 from pipeline import augment
 from pipeline.data import NUM_CLASSES
-from pipeline.modelio import build_model
 from pipeline.params import load_params
-from pipeline.training import Trainer, accuracy, build_augmenters, build_losses, predict_logits, setup_runtime
+from pipeline.training import build_augmenters
 
 
 def main() -> None:
@@ -45,30 +41,11 @@ def main() -> None:
     materialise_s = time.perf_counter() - t0
     rows = []
     for mode in ("online", "offline"):
-        device = setup_runtime(params.runtime, args.seed)
-        model, _ = build_model(params.student.model, NUM_CLASSES, 1)
-        trainer = Trainer(
-            "distill",
-            model,
-            build_losses(cfg.losses, "distill"),
-            cfg,
-            device,
-            args.seed,
-            NUM_CLASSES,
-            build_augmenters(params.augment.ops, "distill") if mode == "online" else [],
-            teacher=teacher,
-            progress=False,
-            channels_last=params.runtime.channels_last,
-            copies=copies if mode == "offline" else None,
+        run = train_student(
+            params, cfg, cfg.losses, args.seed, splits, teacher, mode, copies if mode == "offline" else None
         )
-        t0 = time.perf_counter()
-        with contextlib.redirect_stdout(io.StringIO()):
-            trainer.fit(splits["train"], splits["val"])
-        seconds = time.perf_counter() - t0
-        test = splits["test"]
-        acc = accuracy(predict_logits(model, torch.from_numpy(test.x), device), torch.from_numpy(test.y))
-        passes = f"{trainer.teacher_passes} full passes" if mode == "offline" else "every batch"
-        rows.append(f"| {mode} | {seconds:.0f} | {passes} | {acc:.4f} |")
+        passes = f"{run.teacher_passes} full passes" if mode == "offline" else "every batch"
+        rows.append(f"| {mode} | {run.seconds:.0f} | {passes} | {run.accuracy:.4f} |")
         print(rows[-1], flush=True)
     ops = ", ".join(spec.describe() for spec in params.augment.ops)
     lines = [

@@ -63,11 +63,12 @@ def _seed_order(seed: str) -> tuple[int, str]:
     return (int(seed), "") if seed.lstrip("-").isdigit() else (0, seed)
 
 
-def mean_std(values: Sequence[float]) -> str:
+def mean_std(values: Sequence[float], scale: float = 1.0, digits: int = 4, signed: bool = False) -> str:
+    """``mean +- std`` (sample std; 0 for one value) of ``values`` times ``scale``; "-" for none."""
     if not values:
         return "-"
     std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.4f} +- {std:.4f}"
+    return f"{statistics.mean(values) * scale:{'+' if signed else ''}.{digits}f} +- {std * scale:.{digits}f}"
 
 
 def markdown(varying: Sequence[str], groups: Sequence[Group], metrics: Sequence[str]) -> str:
