@@ -13,9 +13,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.augment import AugmentedCopies  # noqa: E402
 from pipeline.data import NUM_CLASSES, Split, load_splits  # noqa: E402
 from pipeline.modelio import build_model, load_model  # noqa: E402
+from pipeline.offline_copies import AugmentedCopies  # noqa: E402
 from pipeline.params import LossSpec, Params, TrainParams  # noqa: E402
 from pipeline.prepare import SOURCE_FILE  # noqa: E402
 from pipeline.protocols import requires_teacher  # noqa: E402

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from common import pipeline_inputs, train_student
 
-from pipeline import augment
+from pipeline import offline_copies
 from pipeline.data import NUM_CLASSES
 from pipeline.params import load_params
 from pipeline.training import build_augmenters
@@ -35,7 +35,7 @@ def main() -> None:
     cfg = dataclasses.replace(params.distill, augment=True)
     splits, teacher = pipeline_inputs(params)
     t0 = time.perf_counter()
-    copies = augment.materialise(
+    copies = offline_copies.materialise(
         splits["train"], build_augmenters(params.augment.ops, "prepare"), args.copies, args.seed, NUM_CLASSES
     )
     materialise_s = time.perf_counter() - t0

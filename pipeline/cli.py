@@ -92,7 +92,7 @@ def cmd_plugins_list(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins_check(_args: argparse.Namespace) -> int:
-    from pipeline.contract import check_plugin
+    from pipeline.plugin_checks import check_plugin
 
     failures = 0
     for row in plugin_rows():

@@ -203,7 +203,7 @@ def take(split: Split, idx: np.ndarray) -> Split:
 
 
 def save_splits(path: Path, splits: dict[str, Split]) -> None:
-    from pipeline.io import write_with
+    from pipeline.atomic import write_with
 
     arrays = {}
     for name, split in splits.items():

@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline import stage, tracking
+from pipeline.atomic import write_json
 from pipeline.data import IN_CHANNELS, NUM_CLASSES, load_splits
-from pipeline.io import write_json
 from pipeline.modelio import build_model, load_model
 from pipeline.params import Params
 from pipeline.prepare import SOURCE_FILE

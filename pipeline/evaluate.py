@@ -19,11 +19,11 @@ import torch
 from torch import nn
 
 from pipeline import stage, tracking
+from pipeline.atomic import write_json, write_text
 from pipeline.data import DIGIT_CLASSES, FASHION_CLASSES, NUM_CLASSES, Split, load_splits
 from pipeline.distill import out_dir as student_dir
 from pipeline.export import INPUT_NAME, OUTPUT_NAME, ort_session
 from pipeline.export import out_dir as onnx_dir
-from pipeline.io import write_json, write_text
 from pipeline.modelio import count_parameters, load_model
 from pipeline.params import Params
 from pipeline.prepare import SOURCE_FILE, TARGET_FILE

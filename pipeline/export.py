@@ -19,10 +19,10 @@ import torch
 from torch import nn
 
 from pipeline import stage, tracking
+from pipeline.atomic import write_json, write_with
 from pipeline.data import NUM_CLASSES, Split, load_splits
 from pipeline.distill import out_dir as student_dir
 from pipeline.errors import DistillopsError, MissingDependencyError
-from pipeline.io import write_json, write_with
 from pipeline.modelio import load_model
 from pipeline.params import Params
 from pipeline.prepare import SOURCE_FILE, TARGET_FILE

@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from pipeline.atomic import read_json, write_json, write_with
 from pipeline.errors import DistillopsError
-from pipeline.io import read_json, write_json, write_with
 from pipeline.params import PluginSpec
 from pipeline.registry import PluginInfo, create
 

@@ -4,7 +4,7 @@ Outputs (in ``paths.prepared``): ``source.npz`` (train/val/test of the source ta
 (finetune/val/test of the target task; finetune holds ``target.label_budget`` labelled images) and
 ``summary.json`` (counts, class histograms, where the data came from, checksums). In ``paths.augmented``:
 the offline augmented copies of the training split when ``augment.mode`` is ``offline`` (see
-``pipeline.augment``), and a manifest either way.
+``pipeline.offline_copies``), and a manifest either way.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import augment, data, stage, tracking
+from pipeline import data, offline_copies, stage, tracking
+from pipeline.atomic import write_json
 from pipeline.errors import ParamsError
-from pipeline.io import write_json
 from pipeline.params import Params
 
 SOURCE_FILE = "source.npz"
@@ -64,14 +64,14 @@ def _describe(splits: dict[str, data.Split]) -> dict[str, Any]:
     }
 
 
-def materialise_copies(params: Params, train: data.Split) -> tuple[augment.AugmentedCopies | None, dict]:
+def materialise_copies(params: Params, train: data.Split) -> tuple[offline_copies.AugmentedCopies | None, dict]:
     """Offline mode: the K augmented copies of the training split, and the plugin tags they used."""
     if params.augment.mode != "offline":
         return None, {}
     from pipeline.training import build_augmenters, plugin_tags
 
     augs = build_augmenters(params.augment.ops, "prepare")
-    copies = augment.materialise(train, augs, params.augment.copies, params.seed, data.NUM_CLASSES)
+    copies = offline_copies.materialise(train, augs, params.augment.copies, params.seed, data.NUM_CLASSES)
     return copies, plugin_tags(augs)
 
 
@@ -84,7 +84,7 @@ def run(params: Params, params_file: Path) -> dict[str, Any]:
         data.save_splits(out / SOURCE_FILE, source)
         data.save_splits(out / TARGET_FILE, target)
         copies, aug_tags = materialise_copies(params, source["train"])
-        augment.write(Path(params.paths.augmented), params, len(source["train"]), copies)
+        offline_copies.write(Path(params.paths.augmented), params, len(source["train"]), copies)
         tracker.set_tags(aug_tags)
         summary = {
             "source": {

@@ -14,13 +14,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline import augment, interrupts
-from pipeline.augment import AugmentedCopies
+from pipeline import interrupts, offline_copies
+from pipeline.atomic import write_text
 from pipeline.data import IN_CHANNELS, NUM_CLASSES, Split
+from pipeline.dvc_restore import restore_previous
 from pipeline.errors import DistillopsError
-from pipeline.io import write_text
 from pipeline.modelio import LOSS_WEIGHTS, META, WEIGHTS, save_model, save_weights
-from pipeline.outputs import restore_previous
+from pipeline.offline_copies import AugmentedCopies
 from pipeline.params import Params, PluginSpec, TrainParams, load_params
 from pipeline.registry import PluginInfo, resolve
 from pipeline.tracking import Tracker
@@ -116,7 +116,7 @@ def augmentation(params: Params, enabled: bool, stage: str, train: Split | None 
         return Augmentation([], None, [])
     plugins = build_augmenters(params.augment.ops, stage)
     if params.augment.mode == "offline" and train is not None:
-        return Augmentation([], augment.load(Path(params.paths.augmented), len(train)), plugins)
+        return Augmentation([], offline_copies.load(Path(params.paths.augmented), len(train)), plugins)
     return Augmentation(plugins, None, plugins)
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from pipeline.atomic import read_json
 from pipeline.errors import DistillopsError
-from pipeline.io import read_json
 from pipeline.params import load_params
 from pipeline.tracking import tracking_uri
 

@@ -25,10 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline import interrupts
-from pipeline.augment import AugmentedCopies
+from pipeline.atomic import write_with
 from pipeline.data import Split
 from pipeline.errors import DistillopsError, PluginError, TrainingDiverged
-from pipeline.io import write_with
+from pipeline.offline_copies import AugmentedCopies
 from pipeline.params import LossSpec, PluginSpec, RuntimeParams, TrainParams
 from pipeline.protocols import LossInputs, requires_teacher, student_taps, teacher_taps
 from pipeline.registry import PluginInfo, create

@@ -16,10 +16,10 @@ from pathlib import Path
 from torch import nn
 
 from pipeline import stage, tracking
+from pipeline.atomic import write_json
 from pipeline.data import IN_CHANNELS, NUM_CLASSES, load_splits
 from pipeline.distill import out_dir as student_dir
 from pipeline.errors import DistillopsError
-from pipeline.io import write_json
 from pipeline.modelio import build_model, load_model
 from pipeline.params import Params
 from pipeline.prepare import TARGET_FILE

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline import contract, registry
+from pipeline import plugin_checks, registry
 from pipeline.errors import PluginError
 from pipeline.params import PluginSpec
 from pipeline.protocols import LossInputs, requires_teacher, student_taps, teacher_taps
@@ -118,7 +118,7 @@ def test_bad_keywords_are_rejected(name):
 
 def test_contract_check_passes_for_the_feature_losses():
     for name in FEATURE_LOSSES:
-        assert contract.check_plugin(registry.find("losses")[name]) == [], name
+        assert plugin_checks.check_plugin(registry.find("losses")[name]) == [], name
 
 
 def test_contract_catches_a_loss_whose_gradient_skips_the_tapped_features(fake_dist):
@@ -138,7 +138,7 @@ def test_contract_catches_a_loss_whose_gradient_skips_the_tapped_features(fake_d
     """
         },
     )
-    problems = contract.check_plugin(registry.find("losses")["detached"])
+    problems = plugin_checks.check_plugin(registry.find("losses")["detached"])
     assert any("no gradient reaches the student's tapped features" in p for p in problems)
 
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline import augment
+from pipeline import offline_copies
 from pipeline.errors import DataError, DistillopsError
 from pipeline.params import LossSpec, Params, PluginSpec, TrainParams
 from pipeline.protocols import LossInputs
@@ -20,7 +20,7 @@ CFG = TrainParams(epochs=4, batch_size=32, lr=3e-3)
 
 
 def make_copies(split, ops, k=2, seed=0):
-    return augment.materialise(split, build_augmenters(ops, "prepare"), k, seed, 10)
+    return offline_copies.materialise(split, build_augmenters(ops, "prepare"), k, seed, 10)
 
 
 def test_copies_are_deterministic_per_seed_and_differ_between_copies():
@@ -48,15 +48,15 @@ def test_write_and_load_round_trip_and_clear_errors(tmp_path):
     params = Params()
     copies = make_copies(split, [PluginSpec("flip")])
     with pytest.raises(DataError, match="dvc repro prepare"):
-        augment.load(tmp_path, len(split))
-    manifest = augment.write(tmp_path, params, len(split), copies)
+        offline_copies.load(tmp_path, len(split))
+    manifest = offline_copies.write(tmp_path, params, len(split), copies)
     assert manifest["copies"] == 2 and manifest["train_count"] == 64
-    loaded = augment.load(tmp_path, len(split))
+    loaded = offline_copies.load(tmp_path, len(split))
     assert np.array_equal(loaded.x, copies.x) and np.array_equal(loaded.targets, copies.targets)
     with pytest.raises(DataError, match="training split has 65"):
-        augment.load(tmp_path, 65)
-    augment.write(tmp_path, params, len(split), None)  # online mode: manifest only, no stale copies
-    assert not (tmp_path / augment.COPIES).exists() and augment.manifest(tmp_path)["copies"] == 0
+        offline_copies.load(tmp_path, 65)
+    offline_copies.write(tmp_path, params, len(split), None)  # online mode: manifest only, no stale copies
+    assert not (tmp_path / offline_copies.COPIES).exists() and offline_copies.manifest(tmp_path)["copies"] == 0
 
 
 class CountingTeacher(nn.Module):
@@ -101,7 +101,7 @@ def test_teacher_runs_once_per_copy_not_once_per_epoch():
 def test_copies_of_the_plain_split_train_exactly_like_the_plain_split():
     """Epoch e uses copy e mod K with the same data order: unaugmented copies must reproduce plain training."""
     train, val = toy_split(96, 0), toy_split(32, 1)
-    plain = augment.AugmentedCopies(
+    plain = offline_copies.AugmentedCopies(
         np.stack([train.x, train.x]), np.stack([np.eye(10, dtype=np.float32)[train.y]] * 2)
     )
     a = distill_trainer(student(1).eval(), plain)

@@ -3,7 +3,7 @@
 import torch
 from distillops_example_plugins import gaussian_noise, logit_huber
 
-from pipeline.contract import check_plugin
+from pipeline.plugin_checks import check_plugin
 from pipeline.protocols import LossInputs
 from pipeline.registry import find
 

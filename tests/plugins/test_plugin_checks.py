@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline import contract, registry
+from pipeline import plugin_checks, registry
 
 
 def discovered(group: str) -> list[pytest.param]:
@@ -16,17 +16,17 @@ def discovered(group: str) -> list[pytest.param]:
 
 @pytest.mark.parametrize("info", discovered("augmenters"))
 def test_augmenter_contract(info):
-    assert contract.check_plugin(info) == []
+    assert plugin_checks.check_plugin(info) == []
 
 
 @pytest.mark.parametrize("info", discovered("losses"))
 def test_loss_contract(info):
-    assert contract.check_plugin(info) == []
+    assert plugin_checks.check_plugin(info) == []
 
 
 @pytest.mark.parametrize("info", discovered("models"))
 def test_model_contract_and_onnx_parity(info):
-    assert contract.check_plugin(info) == []
+    assert plugin_checks.check_plugin(info) == []
 
 
 def test_contract_catches_a_bad_augmenter(fake_dist):
@@ -44,7 +44,7 @@ def test_contract_catches_a_bad_augmenter(fake_dist):
     """
         },
     )
-    problems = contract.check_plugin(registry.find("augmenters")["noisy"])
+    problems = plugin_checks.check_plugin(registry.find("augmenters")["noisy"])
     assert any("same generator seed" in p for p in problems)
     assert any("[0, 1]" in p for p in problems)
 
@@ -64,4 +64,4 @@ def test_contract_catches_a_non_scalar_loss(fake_dist):
     """
         },
     )
-    assert "scalar" in contract.check_plugin(registry.find("losses")["vec"])[0]
+    assert "scalar" in plugin_checks.check_plugin(registry.find("losses")["vec"])[0]

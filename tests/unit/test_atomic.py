@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from pipeline.io import read_json, write_json, write_text, write_with
+from pipeline.atomic import read_json, write_json, write_text, write_with
 
 
 def test_failed_write_keeps_the_previous_file_and_leaves_no_temp(tmp_path):

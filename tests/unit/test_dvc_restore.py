@@ -9,7 +9,7 @@ import subprocess
 import pytest
 import yaml
 
-from pipeline.outputs import restore_previous
+from pipeline.dvc_restore import restore_previous
 
 
 def md5(data: bytes) -> str:

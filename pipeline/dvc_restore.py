@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.io import write_bytes
+from pipeline.atomic import write_bytes
 
 
 def _cache_dir(root: Path) -> Path:

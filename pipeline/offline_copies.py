@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.atomic import read_json, write_json, write_with
 from pipeline.data import Split
 from pipeline.errors import DataError
-from pipeline.io import read_json, write_json, write_with
 from pipeline.params import Params
 
 MANIFEST = "manifest.json"
