@@ -1,7 +1,9 @@
 """The ``distillops`` command.
 
 distillops plugins list [--json | --markdown]   every plugin: group, name, distribution==version, status,
-                                   summary (--markdown: a table with each plugin's parameters and defaults)
+                                   summary (--markdown: a table with each plugin's parameters and defaults);
+                                   described from a cache (~/.cache/distillops, $DISTILLOPS_CACHE_DIR)
+                                   so that plugins that loaded before are not imported again
 distillops plugins check           import every plugin and run the contract checks on it
 distillops report [--metric M ...]   mean +- std over seeds of the final metrics, per configuration (MLflow)
 distillops predict MODEL.onnx IMAGES.npy   classify images with ONNX Runtime alone
@@ -19,11 +21,26 @@ from pipeline import registry
 from pipeline.errors import DistillopsError
 
 
-def plugin_rows(load: bool = True) -> list[dict[str, Any]]:
-    """One row per discovered plugin; ``load`` imports each to report its status and summary."""
+def plugin_rows(
+    load: bool = True, cache: bool = True, distribution: str | None = None
+) -> list[dict[str, Any]]:
+    """One row per discovered plugin; ``load`` imports each to report its status and summary.
+
+    With ``cache``, a plugin that loaded before (same distribution version, entry point and module file:
+    see :mod:`pipeline.plugin_catalog`) is described from the cache without importing it; a broken one
+    is always imported afresh. ``distribution``: only that distribution's plugins (none of the others
+    is loaded).
+    """
+    catalog = None
+    if load and cache:
+        from pipeline.plugin_catalog import Catalog
+
+        catalog = Catalog()
     rows = []
     for group in registry.GROUPS:
         for name, info in registry.find(group).items():
+            if distribution is not None and info.distribution != distribution:
+                continue
             row = {
                 "group": group,
                 "name": name,
@@ -35,16 +52,33 @@ def plugin_rows(load: bool = True) -> list[dict[str, Any]]:
             if info.conflicts:
                 row["status"] = "conflict: also offered by " + ", ".join(info.conflicts)
             elif load:
-                try:
-                    factory = info.load()
-                    doc = inspect.getdoc(factory) or ""
-                    row["summary"] = " ".join(doc.split("\n\n")[0].split())  # first paragraph
-                    row["parameters"] = _parameters(factory)
-                    row["keywords"] = list(row["parameters"])
-                except DistillopsError as exc:
-                    row["status"] = f"broken: {exc}"
+                described = catalog.get(info) if catalog is not None else None
+                if described is None:
+                    try:
+                        described = describe(info.load())
+                    except DistillopsError as exc:
+                        # never cached: its dependency may be installed by the next listing
+                        row["status"] = f"broken: {exc}"
+                    else:
+                        if catalog is not None:
+                            catalog.put(info, described)
+                if described is not None:
+                    row["summary"] = described["summary"]
+                    row["parameters"] = described["parameters"]
+                    row["keywords"] = list(described["parameters"])
             rows.append(row)
+    if catalog is not None:
+        catalog.save()
     return rows
+
+
+def describe(factory: Any) -> dict[str, Any]:
+    """What the listing shows of a loaded factory: its summary and its parameters with defaults."""
+    doc = inspect.getdoc(factory) or ""
+    return {
+        "summary": " ".join(doc.split("\n\n")[0].split()),  # first paragraph
+        "parameters": _parameters(factory),
+    }
 
 
 def _parameters(factory: Any) -> dict[str, str]:
@@ -79,9 +113,7 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 
 def cmd_plugins_list(args: argparse.Namespace) -> int:
-    rows = plugin_rows()
-    if args.distribution:
-        rows = [r for r in rows if r["distribution"].split("==")[0] == args.distribution]
+    rows = plugin_rows(distribution=args.distribution or None)
     if args.json:
         print(json.dumps(rows, indent=2))
     elif args.markdown:
@@ -95,7 +127,7 @@ def cmd_plugins_check(_args: argparse.Namespace) -> int:
     from pipeline.plugin_checks import check_plugin
 
     failures = 0
-    for row in plugin_rows():
+    for row in plugin_rows(cache=False):  # the checks import every plugin anyway: no cached status
         if row["status"] != "ok":
             print(f"FAIL {row['group']}/{row['name']} ({row['distribution']}): {row['status']}")
             failures += 1

@@ -35,6 +35,14 @@ def tiny_params_dict(**overrides: object) -> dict:
     return p
 
 
+@pytest.fixture(autouse=True)
+def _plugin_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test (and the subprocesses it starts) gets its own empty plugin cache, never ~/.cache."""
+    path = tmp_path_factory.mktemp("distillops-cache")
+    monkeypatch.setenv("DISTILLOPS_CACHE_DIR", str(path))
+    return path
+
+
 @pytest.fixture
 def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
