@@ -70,7 +70,8 @@ def _params_up_to(
 
 
 def check_loss(info: PluginInfo) -> list[str]:
-    from plugins.models import lenet5, resnet8
+    from plugins.models import LeNet5 as lenet5
+    from plugins.models import ResNet8 as resnet8
 
     loss = info.load()()
     x, y = _inputs()

@@ -1,7 +1,9 @@
 """Built-in augmenters: batched, on the input's device, all randomness drawn from the generator ``g``.
 
-Each factory returns a callable ``aug(x, y, g) -> (x, y)`` (see the plugin contract). All but mixup and
-cutmix are label-preserving, so ``y`` comes back unchanged.
+Each class is its plugin's factory (the entry point names it): built with the keywords of params.yaml, its
+instances are callables ``aug(x, y, g) -> (x, y)`` (see the plugin contract). The first paragraph of a class
+docstring is the plugin's summary in ``distillops plugins list`` and the README. All but mixup and cutmix
+are label-preserving, so ``y`` comes back unchanged.
 
 torchvision v2 and hand-written parts: ``equalize`` and ``autocontrast`` are
 ``torchvision.transforms.v2.functional`` calls, as are the "degenerate" images that sharpness and saturation
@@ -24,11 +26,11 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
+from plugins._checks import integer, is_number, number
+
 
 def _check_p(p: float) -> float:
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"p must be in [0, 1], got {p}")
-    return float(p)
+    return number("p", p, 0, 1)
 
 
 def _uniform(n: int, low: float, high: float, g: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -36,8 +38,14 @@ def _uniform(n: int, low: float, high: float, g: torch.Generator, device: torch.
 
 
 def _check_range(value: Sequence[float], name: str, low: float, high: float) -> tuple[float, float]:
-    """A (min, max) pair with low <= min <= max <= high (low excluded when it is 0: strictly positive)."""
-    ok = isinstance(value, list | tuple) and len(value) == 2 and low <= value[0] <= value[1] <= high
+    """A (min, max) pair of finite numbers with low <= min <= max <= high (low excluded when it is 0:
+    strictly positive)."""
+    ok = (
+        isinstance(value, list | tuple)
+        and len(value) == 2
+        and all(is_number(v) for v in value)
+        and low <= value[0] <= value[1] <= high
+    )
     if not ok or (low == 0 and value[0] <= 0):
         raise ValueError(f"{name} must be a pair (min, max) with {low} < min <= max <= {high}, got {value}")
     return float(value[0]), float(value[1])
@@ -86,7 +94,10 @@ def _affine_warp(
 
 
 class Flip:
-    """Mirror each image with probability ``p`` (horizontally, or vertically)."""
+    """Random horizontal (or vertical) flip with probability p.
+
+    Mirrors each image with probability ``p``, horizontally or (``direction: vertical``) vertically.
+    """
 
     def __init__(self, p: float = 0.5, direction: str = "horizontal") -> None:
         if direction not in ("horizontal", "vertical"):
@@ -102,12 +113,14 @@ class Flip:
 
 
 class PadCrop:
-    """Zero-pad each image by ``padding`` pixels, then cut a random window of the original size."""
+    """Random pad-and-crop: shifts each image by up to `padding` pixels.
+
+    Zero-pads each image by ``padding`` pixels, then cuts a random window of the original size (with
+    probability ``p``; the other images keep the centre window, i.e. stay unchanged).
+    """
 
     def __init__(self, padding: int = 2, p: float = 1.0) -> None:
-        if padding < 0:
-            raise ValueError(f"padding must be >= 0, got {padding}")
-        self.padding = int(padding)
+        self.padding = integer("padding", padding, 0)
         self.p = _check_p(p)
 
     def __call__(
@@ -130,12 +143,14 @@ class PadCrop:
 
 
 class Rotation:
-    """Rotate each image by an angle drawn uniformly from [-degrees, degrees] (bilinear, zero fill)."""
+    """Random rotation by up to +-degrees.
+
+    Rotates each image (with probability ``p``) by an angle drawn uniformly from [-degrees, degrees]
+    (bilinear, zero fill).
+    """
 
     def __init__(self, degrees: float = 15.0, p: float = 1.0) -> None:
-        if degrees < 0:
-            raise ValueError(f"degrees must be >= 0, got {degrees}")
-        self.degrees = float(degrees)
+        self.degrees = number("degrees", degrees, 0, unit="degrees")
         self.p = _check_p(p)
 
     def __call__(
@@ -147,21 +162,6 @@ class Rotation:
             torch.rand(b, generator=g, device=x.device) < self.p, angle, torch.zeros_like(angle)
         )
         return _affine_warp(x, angle=angle), y
-
-
-def flip(p: float = 0.5, direction: str = "horizontal") -> Flip:
-    """Random horizontal (or vertical) flip with probability p."""
-    return Flip(p=p, direction=direction)
-
-
-def crop(padding: int = 2, p: float = 1.0) -> PadCrop:
-    """Random pad-and-crop: shifts each image by up to `padding` pixels."""
-    return PadCrop(padding=padding, p=p)
-
-
-def rotation(degrees: float = 15.0, p: float = 1.0) -> Rotation:
-    """Random rotation by up to +-degrees."""
-    return Rotation(degrees=degrees, p=p)
 
 
 def _beta(n: int, alpha: float, g: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -187,12 +187,13 @@ def _box_mask(shape: torch.Size, area: torch.Tensor, g: torch.Generator) -> torc
 
 
 class GaussianNoise:
-    """Add N(0, std^2) noise to each pixel (probability ``p`` per image), clamped to [0, 1]."""
+    """Gaussian pixel noise with standard deviation std.
+
+    Adds N(0, std^2) noise to each pixel (probability ``p`` per image), clamped to [0, 1].
+    """
 
     def __init__(self, std: float = 0.05, p: float = 1.0) -> None:
-        if std < 0:
-            raise ValueError(f"std must be >= 0, got {std}")
-        self.std, self.p = float(std), _check_p(p)
+        self.std, self.p = number("std", std, 0), _check_p(p)
 
     def __call__(
         self, x: torch.Tensor, y: torch.Tensor, g: torch.Generator
@@ -205,12 +206,14 @@ class GaussianNoise:
 
 
 class SaltPepper:
-    """Set a fraction ``amount`` of pixels to 0 or 1 (half each on average)."""
+    """Salt-and-pepper noise on a fraction `amount` of pixels.
+
+    Sets a fraction ``amount`` of the pixels of each image (probability ``p`` per image) to 0 or 1, half
+    each on average.
+    """
 
     def __init__(self, amount: float = 0.02, p: float = 1.0) -> None:
-        if not 0.0 <= amount <= 1.0:
-            raise ValueError(f"amount must be in [0, 1], got {amount}")
-        self.amount, self.p = float(amount), _check_p(p)
+        self.amount, self.p = number("amount", amount, 0, 1), _check_p(p)
 
     def __call__(
         self, x: torch.Tensor, y: torch.Tensor, g: torch.Generator
@@ -223,22 +226,21 @@ class SaltPepper:
 
 
 class Erasing:
-    """Random erasing / cutout (Zhong et al. 2020; DeVries and Taylor 2017): with probability ``p``,
-    fill a square covering a fraction of the image drawn from [min_area, max_area] with ``value``."""
+    """Random erasing / cutout of one square per image.
+
+    Random erasing / cutout (Zhong et al. 2020; DeVries and Taylor 2017): with probability ``p``, fill a
+    square covering a fraction of the image drawn from [min_area, max_area] with ``value``.
+    """
 
     def __init__(
         self, p: float = 0.5, min_area: float = 0.02, max_area: float = 0.2, value: float = 0.0
     ) -> None:
-        if not 0.0 <= min_area <= max_area <= 1.0:
-            raise ValueError(f"need 0 <= min_area <= max_area <= 1, got {min_area}, {max_area}")
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"value must be in [0, 1], got {value}")
-        self.p, self.min_area, self.max_area, self.value = (
-            _check_p(p),
-            float(min_area),
-            float(max_area),
-            float(value),
-        )
+        self.p = _check_p(p)
+        self.min_area = number("min_area", min_area, 0, 1)
+        self.max_area = number("max_area", max_area, 0, 1)
+        if self.min_area > self.max_area:
+            raise ValueError(f"min_area must be <= max_area, got {min_area} > {max_area}")
+        self.value = number("value", value, 0, 1)
 
     def __call__(
         self, x: torch.Tensor, y: torch.Tensor, g: torch.Generator
@@ -255,9 +257,7 @@ class _PairMixer:
     per-image weight from Beta(alpha, alpha)."""
 
     def __init__(self, alpha: float) -> None:
-        if alpha <= 0:
-            raise ValueError(f"alpha must be > 0, got {alpha}")
-        self.alpha = float(alpha)
+        self.alpha = number("alpha", alpha, 0, low_open=True)
 
     def _pairs(self, x: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         lam = _beta(x.shape[0], self.alpha, g, x.device)
@@ -265,8 +265,14 @@ class _PairMixer:
 
 
 class Mixup(_PairMixer):
-    """mixup (Zhang et al., ICLR 2018): each image and its label row are mixed with those of another
-    image of the batch, with a weight drawn from Beta(alpha, alpha)."""
+    """mixup: convex combinations of image pairs and their label rows.
+
+    mixup (Zhang et al., ICLR 2018): each image and its label row are mixed with those of another image of
+    the batch, with a weight drawn from Beta(alpha, alpha).
+    """
+
+    def __init__(self, alpha: float = 0.2) -> None:
+        super().__init__(alpha)
 
     def __call__(
         self, x: torch.Tensor, y: torch.Tensor, g: torch.Generator
@@ -278,8 +284,14 @@ class Mixup(_PairMixer):
 
 
 class CutMix(_PairMixer):
-    """CutMix (Yun et al., ICCV 2019): paste a square from another image of the batch; label rows are
-    mixed by the pasted area."""
+    """CutMix: paste a square from another image; labels mixed by area.
+
+    CutMix (Yun et al., ICCV 2019): paste a square from another image of the batch, its area drawn from
+    Beta(alpha, alpha); label rows are mixed by the area actually pasted.
+    """
+
+    def __init__(self, alpha: float = 1.0) -> None:
+        super().__init__(alpha)
 
     def __call__(
         self, x: torch.Tensor, y: torch.Tensor, g: torch.Generator
@@ -292,35 +304,13 @@ class CutMix(_PairMixer):
         return x * (1 - mask) + x[perm] * mask, ly * y + (1 - ly) * y[perm]
 
 
-def noise(std: float = 0.05, p: float = 1.0) -> GaussianNoise:
-    """Gaussian pixel noise with standard deviation std."""
-    return GaussianNoise(std=std, p=p)
-
-
-def salt_pepper(amount: float = 0.02, p: float = 1.0) -> SaltPepper:
-    """Salt-and-pepper noise on a fraction `amount` of pixels."""
-    return SaltPepper(amount=amount, p=p)
-
-
-def erasing(p: float = 0.5, min_area: float = 0.02, max_area: float = 0.2, value: float = 0.0) -> Erasing:
-    """Random erasing / cutout of one square per image."""
-    return Erasing(p=p, min_area=min_area, max_area=max_area, value=value)
-
-
-def mixup(alpha: float = 0.2) -> Mixup:
-    """mixup: convex combinations of image pairs and their label rows."""
-    return Mixup(alpha=alpha)
-
-
-def cutmix(alpha: float = 1.0) -> CutMix:
-    """CutMix: paste a square from another image; labels mixed by area."""
-    return CutMix(alpha=alpha)
-
-
 class Affine:
-    """Random affine map per image (like torchvision's RandomAffine): zoom drawn from ``scale``, shift up to
+    """Random affine per image: zoom, shift, shear (and rotation), bilinear.
+
+    A random affine map per image (like torchvision's RandomAffine): zoom drawn from ``scale``, shift up to
     ``translate`` of the width/height each way, x and y shear each in [-shear, shear] degrees, rotation in
-    [-degrees, degrees]; bilinear, zero fill, each image transformed with probability ``p``."""
+    [-degrees, degrees]; bilinear, zero fill, each image transformed with probability ``p``.
+    """
 
     def __init__(
         self,
@@ -330,13 +320,9 @@ class Affine:
         shear: float = 10.0,
         p: float = 1.0,
     ) -> None:
-        if degrees < 0:
-            raise ValueError(f"degrees must be >= 0, got {degrees}")
-        if not 0.0 <= translate <= 1.0:
-            raise ValueError(f"translate must be in [0, 1] (fraction of the image size), got {translate}")
-        if not 0.0 <= shear < 90.0:
-            raise ValueError(f"shear must be in [0, 90) degrees, got {shear}")
-        self.degrees, self.translate, self.shear = float(degrees), float(translate), float(shear)
+        self.degrees = number("degrees", degrees, 0, unit="degrees")
+        self.translate = number("translate", translate, 0, 1, unit="fraction of the image size")
+        self.shear = number("shear", shear, 0, 90, high_open=True, unit="degrees")
         self.scale = _check_range(scale, "scale", 0.0, math.inf)
         self.p = _check_p(p)
 
@@ -409,12 +395,15 @@ def _posterize(x: torch.Tensor, bits_removed: torch.Tensor) -> torch.Tensor:
 
 
 class ColorJitter:
-    """Colour jitter (like torchvision's ColorJitter; e.g. SimCLR, Chen et al. 2020) with factors drawn per
+    """Random brightness/contrast per image (saturation/hue too on RGB).
+
+    Colour jitter (like torchvision's ColorJitter; e.g. SimCLR, Chen et al. 2020) with factors drawn per
     image, applied in the order brightness, contrast, saturation, hue: brightness ``b`` scales by a factor
     in [1 - b, 1 + b] (blend with black), contrast blends with the image's mean grey, saturation with its
     greyscale version, and hue rotates the chroma by up to ``hue`` turns each way (YIQ space). Saturation
     and hue apply only to RGB images (C == 3) and are no-ops otherwise. Each image is changed with
-    probability ``p``."""
+    probability ``p``.
+    """
 
     def __init__(
         self,
@@ -424,13 +413,15 @@ class ColorJitter:
         hue: float = 0.05,
         p: float = 1.0,
     ) -> None:
-        for name, value in (("brightness", brightness), ("contrast", contrast), ("saturation", saturation)):
-            if value < 0:
-                raise ValueError(f"{name} must be >= 0, got {value}")
-        if not 0.0 <= hue <= 0.5:
-            raise ValueError(f"hue must be in [0, 0.5] (turns), got {hue}")
-        self.factors = (float(brightness), float(contrast), float(saturation))
-        self.hue, self.p = float(hue), _check_p(p)
+        self.factors = tuple(
+            number(name, value, 0)
+            for name, value in (
+                ("brightness", brightness),
+                ("contrast", contrast),
+                ("saturation", saturation),
+            )
+        )
+        self.hue, self.p = number("hue", hue, 0, 0.5, unit="turns"), _check_p(p)
 
     def __call__(
         self, x: torch.Tensor, y: torch.Tensor, g: torch.Generator
@@ -445,10 +436,13 @@ class ColorJitter:
 
 
 class ResizedCrop:
-    """Random resized crop (the Inception crop, Szegedy et al. 2015; torchvision's RandomResizedCrop): per
+    """Random resized crop (area fraction `scale`, aspect `ratio`), resized back.
+
+    Random resized crop (the Inception crop, Szegedy et al. 2015; torchvision's RandomResizedCrop): per
     image a window covering a fraction ``scale`` of the area, with aspect ratio (width / height) log-uniform
     in ``ratio``, is resized back to the input size (bilinear). Ten candidate windows are drawn per image at
-    once and the first that fits inside the image is used; an image where none fits keeps the whole image."""
+    once and the first that fits inside the image is used; an image where none fits keeps the whole image.
+    """
 
     TRIES = 10
 
@@ -513,7 +507,9 @@ class _Policy:
     magnitude; each op runs once on the images that chose it. RGB-only ops are left out when C != 3."""
 
     def __init__(self, ops: Sequence[str] | str | None, ranges: str) -> None:
-        ops = ops.split(",") if isinstance(ops, str) else list(POLICY_OPS) if ops is None else list(ops)
+        ops = ops.split(",") if isinstance(ops, str) else list(POLICY_OPS) if ops is None else ops
+        if not isinstance(ops, list | tuple) or not all(isinstance(op, str) for op in ops):
+            raise ValueError(f"ops must be a non-empty list of {sorted(POLICY_OPS)}, got {ops!r}")
         ops = [op.strip() for op in ops]
         unknown = [op for op in ops if op not in POLICY_OPS]
         if not ops or unknown:
@@ -540,9 +536,12 @@ class _Policy:
 
 
 class RandAugment(_Policy):
-    """RandAugment (Cubuk et al., 2020): ``num_ops`` times in a row, each image gets an op drawn uniformly
+    """RandAugment: num_ops random ops per image at a fixed magnitude (0-30).
+
+    RandAugment (Cubuk et al., 2020): ``num_ops`` times in a row, each image gets an op drawn uniformly
     from ``ops`` at the fixed ``magnitude`` (level 0..30 of the op's range, torchvision's scale; default
-    9), signed ops with a random sign. Images with 1 or 3 channels."""
+    9), signed ops with a random sign. Images with 1 or 3 channels.
+    """
 
     def __init__(
         self,
@@ -552,11 +551,8 @@ class RandAugment(_Policy):
         ranges: str = "standard",
     ) -> None:
         super().__init__(ops, ranges)
-        if int(num_ops) != num_ops or num_ops < 0:
-            raise ValueError(f"num_ops must be an integer >= 0, got {num_ops}")
-        if not 0 <= magnitude <= LEVELS:
-            raise ValueError(f"magnitude must be in [0, {LEVELS}], got {magnitude}")
-        self.num_ops, self.magnitude = int(num_ops), float(magnitude)
+        self.num_ops = integer("num_ops", num_ops, 0)
+        self.magnitude = number("magnitude", magnitude, 0, LEVELS)
 
     def __call__(
         self, x: torch.Tensor, y: torch.Tensor, g: torch.Generator
@@ -568,9 +564,12 @@ class RandAugment(_Policy):
 
 
 class TrivialAugment(_Policy):
-    """TrivialAugment (Müller and Hutter, ICCV 2021): each image gets one op drawn uniformly from ``ops``
+    """TrivialAugment: one random op per image at a random magnitude (0-30).
+
+    TrivialAugment (Müller and Hutter, ICCV 2021): each image gets one op drawn uniformly from ``ops``
     at a magnitude level drawn uniformly from 0..30 per image, signed ops with a random sign, over the
-    "wide" ranges by default. Images with 1 or 3 channels."""
+    "wide" ranges by default. Images with 1 or 3 channels.
+    """
 
     def __init__(self, ops: Sequence[str] | None = None, ranges: str = "wide") -> None:
         super().__init__(ops, ranges)
@@ -580,40 +579,3 @@ class TrivialAugment(_Policy):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         level = torch.randint(LEVELS + 1, (x.shape[0],), generator=g, device=x.device).float()
         return self._apply(x, level, g), y
-
-
-def affine(
-    degrees: float = 0.0,
-    translate: float = 0.1,
-    scale: Sequence[float] = (0.9, 1.1),
-    shear: float = 10.0,
-    p: float = 1.0,
-) -> Affine:
-    """Random affine per image: zoom, shift, shear (and rotation), bilinear."""
-    return Affine(degrees=degrees, translate=translate, scale=scale, shear=shear, p=p)
-
-
-def color_jitter(
-    brightness: float = 0.2, contrast: float = 0.2, saturation: float = 0.2, hue: float = 0.05, p: float = 1.0
-) -> ColorJitter:
-    """Random brightness/contrast per image (saturation/hue too on RGB)."""
-    return ColorJitter(brightness=brightness, contrast=contrast, saturation=saturation, hue=hue, p=p)
-
-
-def resized_crop(
-    scale: Sequence[float] = (0.08, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3)
-) -> ResizedCrop:
-    """Random resized crop (area fraction `scale`, aspect `ratio`), resized back."""
-    return ResizedCrop(scale=scale, ratio=ratio)
-
-
-def randaugment(
-    num_ops: int = 2, magnitude: float = 9, ops: Sequence[str] | None = None, ranges: str = "standard"
-) -> RandAugment:
-    """RandAugment: num_ops random ops per image at a fixed magnitude (0-30)."""
-    return RandAugment(num_ops=num_ops, magnitude=magnitude, ops=ops, ranges=ranges)
-
-
-def trivialaugment(ops: Sequence[str] | None = None, ranges: str = "wide") -> TrivialAugment:
-    """TrivialAugment: one random op per image at a random magnitude (0-30)."""
-    return TrivialAugment(ops=ops, ranges=ranges)

@@ -1,4 +1,6 @@
-"""Built-in losses. Each factory returns a callable ``loss(inputs: LossInputs) -> scalar``."""
+"""Built-in losses. Each class is its plugin's factory (the entry point names it): built with the keywords
+of params.yaml, its instances are callables ``loss(inputs: LossInputs) -> scalar``. The first paragraph of
+a class docstring is the plugin's summary in ``distillops plugins list`` and the README."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedParameter
 
 from pipeline.protocols import LossInputs
+from plugins._checks import integer, number
 
 
 def _require_teacher(inputs: LossInputs, name: str) -> None:
@@ -18,8 +21,19 @@ def _require_teacher(inputs: LossInputs, name: str) -> None:
         raise ValueError(f"{name} needs teacher logits, but no teacher is in play")
 
 
+def _term_weights(*terms: tuple[str, float]) -> tuple[float, ...]:
+    """The weights of a loss's terms: each a number >= 0, not all 0 (the loss would always be 0)."""
+    weights = tuple(number(name, value, 0) for name, value in terms)
+    if not any(weights):
+        names = " and ".join(name for name, _ in terms)
+        raise ValueError(f"{names} must not all be 0 (the loss would always be 0), got {weights}")
+    return weights
+
+
 class CrossEntropy:
-    r"""Cross-entropy against the (possibly soft) target rows, with optional label smoothing.
+    r"""Cross-entropy on the target rows (optionally label-smoothed).
+
+    Cross-entropy against the (possibly soft) target rows, with optional label smoothing:
 
     .. math:: \mathcal{L} = -\frac{1}{B}\sum_i \sum_k \tilde y_{ik} \log \mathrm{softmax}(z_i)_k,
        \quad \tilde y = (1-\varepsilon)\, y + \varepsilon / K
@@ -30,9 +44,7 @@ class CrossEntropy:
     requires_teacher = False
 
     def __init__(self, label_smoothing: float = 0.0) -> None:
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
-        self.label_smoothing = float(label_smoothing)
+        self.label_smoothing = number("label_smoothing", label_smoothing, 0, 1, high_open=True)
 
     def __call__(self, inputs: LossInputs) -> torch.Tensor:
         targets = inputs.targets
@@ -43,8 +55,10 @@ class CrossEntropy:
 
 
 class KnowledgeDistillation:
-    r"""Soft-target distillation (Hinton, Vinyals and Dean, "Distilling the Knowledge in a Neural
-    Network", 2015).
+    r"""Hinton et al. 2015 soft-target KL at temperature T, scaled by T^2.
+
+    Soft-target distillation (Hinton, Vinyals and Dean, "Distilling the Knowledge in a Neural
+    Network", 2015):
 
     .. math:: \mathcal{L} = T^2 \cdot \frac{1}{B}\sum_i \mathrm{KL}\big(\mathrm{softmax}(t_i/T)\,\|\,
        \mathrm{softmax}(s_i/T)\big)
@@ -56,9 +70,7 @@ class KnowledgeDistillation:
     requires_teacher = True
 
     def __init__(self, temperature: float = 4.0) -> None:
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.temperature = float(temperature)
+        self.temperature = number("temperature", temperature, 0, low_open=True)
 
     def __call__(self, inputs: LossInputs) -> torch.Tensor:
         _require_teacher(inputs, "kd")
@@ -69,18 +81,10 @@ class KnowledgeDistillation:
         return kl * (t * t)
 
 
-def ce(label_smoothing: float = 0.0) -> CrossEntropy:
-    """Cross-entropy on the target rows (optionally label-smoothed)."""
-    return CrossEntropy(label_smoothing=label_smoothing)
-
-
-def kd(temperature: float = 4.0) -> KnowledgeDistillation:
-    """Hinton et al. 2015 soft-target KL at temperature T, scaled by T^2."""
-    return KnowledgeDistillation(temperature=temperature)
-
-
 class LogitMSE:
-    r"""Logit matching (Ba and Caruana, "Do Deep Nets Really Need to be Deep?", NeurIPS 2014).
+    r"""Mean squared error between student and teacher logits (logit matching).
+
+    Logit matching (Ba and Caruana, "Do Deep Nets Really Need to be Deep?", NeurIPS 2014):
 
     .. math:: \mathcal{L} = \frac{1}{BK}\sum_{i,k} (s_{ik} - t_{ik})^2
     """
@@ -93,8 +97,10 @@ class LogitMSE:
 
 
 class PseudoLabel:
-    r"""Cross-entropy on the teacher's argmax (hard pseudo-labels), e.g. for unlabelled data
-    (Lee, "Pseudo-Label", ICML 2013 workshop; the teacher-student form of Xie et al. 2020).
+    r"""Cross-entropy on the teacher's argmax, optionally only where the teacher is confident.
+
+    Hard pseudo-labels, e.g. for unlabelled data (Lee, "Pseudo-Label", ICML 2013 workshop; the
+    teacher-student form of Xie et al. 2020):
 
     .. math:: \mathcal{L} = -\frac{1}{B}\sum_i \log \mathrm{softmax}(s_i)_{\hat y_i},\quad
        \hat y_i = \arg\max_k t_{ik}
@@ -105,9 +111,7 @@ class PseudoLabel:
     requires_teacher = True
 
     def __init__(self, threshold: float = 0.0) -> None:
-        if not 0.0 <= threshold < 1.0:
-            raise ValueError(f"threshold must be in [0, 1), got {threshold}")
-        self.threshold = float(threshold)
+        self.threshold = number("threshold", threshold, 0, 1, high_open=True)
 
     def __call__(self, inputs: LossInputs) -> torch.Tensor:
         _require_teacher(inputs, "pseudo_label")
@@ -119,8 +123,9 @@ class PseudoLabel:
 
 
 class DecoupledKD:
-    r"""Decoupled knowledge distillation (Zhao et al., "Decoupled Knowledge Distillation", CVPR 2022).
+    r"""Decoupled KD (Zhao et al. 2022): target-class and non-target-class terms weighted apart.
 
+    Decoupled knowledge distillation (Zhao et al., "Decoupled Knowledge Distillation", CVPR 2022):
     KD split into a target-class term (TCKD: binary KL on [p_target, 1 - p_target]) and a non-target
     term (NCKD: KL between the distributions over the other classes), weighted separately:
 
@@ -130,9 +135,8 @@ class DecoupledKD:
     requires_teacher = True
 
     def __init__(self, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0) -> None:
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.alpha, self.beta, self.temperature = float(alpha), float(beta), float(temperature)
+        self.alpha, self.beta = _term_weights(("alpha", alpha), ("beta", beta))
+        self.temperature = number("temperature", temperature, 0, low_open=True)
 
     def __call__(self, inputs: LossInputs) -> torch.Tensor:
         _require_teacher(inputs, "dkd")
@@ -151,7 +155,9 @@ class DecoupledKD:
 
 
 class DIST:
-    r"""DIST (Huang et al., "Knowledge Distillation from A Stronger Teacher", NeurIPS 2022): match the
+    r"""DIST (Huang et al. 2022): inter- and intra-class correlation matching.
+
+    DIST (Huang et al., "Knowledge Distillation from A Stronger Teacher", NeurIPS 2022): match the
     Pearson correlation of predictions between student and teacher, per sample (inter-class) and per
     class across the batch (intra-class), instead of their exact values.
 
@@ -162,9 +168,8 @@ class DIST:
     requires_teacher = True
 
     def __init__(self, beta: float = 1.0, gamma: float = 1.0, temperature: float = 1.0) -> None:
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.beta, self.gamma, self.temperature = float(beta), float(gamma), float(temperature)
+        self.beta, self.gamma = _term_weights(("beta", beta), ("gamma", gamma))
+        self.temperature = number("temperature", temperature, 0, low_open=True)
 
     @staticmethod
     def _pearson(a: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor:
@@ -182,30 +187,12 @@ class DIST:
         return (self.beta * inter + self.gamma * intra) * (t * t)
 
 
-def mse_logits() -> LogitMSE:
-    """Mean squared error between student and teacher logits (logit matching)."""
-    return LogitMSE()
-
-
-def pseudo_label(threshold: float = 0.0) -> PseudoLabel:
-    """Cross-entropy on the teacher's argmax, optionally only where the teacher is confident."""
-    return PseudoLabel(threshold=threshold)
-
-
-def dkd(alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0) -> DecoupledKD:
-    """Decoupled KD (Zhao et al. 2022): target-class and non-target-class terms weighted apart."""
-    return DecoupledKD(alpha=alpha, beta=beta, temperature=temperature)
-
-
-def dist(beta: float = 1.0, gamma: float = 1.0, temperature: float = 1.0) -> DIST:
-    """DIST (Huang et al. 2022): inter- and intra-class correlation matching."""
-    return DIST(beta=beta, gamma=gamma, temperature=temperature)
-
-
 # --- feature-based distillation ------------------------------------------------------------------------
 # These losses tap intermediate outputs: ``student_layer`` / ``teacher_layer`` are module names as in
-# ``named_modules()`` (the built-in models name their last feature map ``features``). Features are cast
-# to float32 and the teacher's are detached, so the losses are stable under mixed precision.
+# ``named_modules()`` (the built-in models name their last feature map ``features``, the default). Features
+# are cast to float32 and the teacher's are detached, so the losses are stable under mixed precision.
+
+FEATURES = "features"
 
 
 def _feature_pair(inputs: LossInputs, loss: FeatureLoss) -> tuple[torch.Tensor, torch.Tensor]:
@@ -296,7 +283,9 @@ class HintRegressor(LazyModuleMixin, nn.Module):
 
 
 class FitNets(FeatureLoss, nn.Module):
-    r"""FitNets hint loss (Romero et al., "FitNets: Hints for Thin Deep Nets", ICLR 2015): the student's
+    r"""FitNets hints (Romero et al. 2015): MSE between the regressed student map and the teacher's.
+
+    FitNets hint loss (Romero et al., "FitNets: Hints for Thin Deep Nets", ICLR 2015): the student's
     hint layer, mapped by a trainable regressor :math:`r`, regresses the teacher's guided layer.
 
     .. math:: \mathcal{L} = \frac{1}{N}\,\big\| \mathrm{P}(r(u_s)) - \mathrm{P}(u_t) \big\|_2^2
@@ -311,10 +300,13 @@ class FitNets(FeatureLoss, nn.Module):
 
     name = "fitnets"
 
-    def __init__(self, student_layer: str, teacher_layer: str, kernel_size: int) -> None:
+    def __init__(
+        self, student_layer: str = FEATURES, teacher_layer: str = FEATURES, kernel_size: int = 1
+    ) -> None:
         nn.Module.__init__(self)
         FeatureLoss.__init__(self, student_layer, teacher_layer)
-        if kernel_size < 1 or kernel_size % 2 == 0:
+        kernel_size = integer("kernel_size", kernel_size, 1)
+        if kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be a positive odd number, got {kernel_size}")
         self.regressor = HintRegressor(kernel_size)
 
@@ -336,8 +328,9 @@ class FitNets(FeatureLoss, nn.Module):
 
 
 class AttentionTransfer(FeatureLoss):
-    r"""Attention transfer (Zagoruyko and Komodakis, "Paying More Attention to Attention", ICLR 2017).
+    r"""Attention transfer (Zagoruyko and Komodakis 2017): match normalised spatial attention maps.
 
+    Attention transfer (Zagoruyko and Komodakis, "Paying More Attention to Attention", ICLR 2017).
     The attention map of a [B, C, H, W] activation is :math:`Q = \mathrm{vec}\big(\frac{1}{C}
     \sum_c |A_c|^p\big)`, normalised to unit L2 norm per sample; then
 
@@ -354,13 +347,16 @@ class AttentionTransfer(FeatureLoss):
 
     name = "at"
 
-    def __init__(self, student_layer: str, teacher_layer: str, p: float, beta: float) -> None:
+    def __init__(
+        self,
+        student_layer: str = FEATURES,
+        teacher_layer: str = FEATURES,
+        p: float = 2.0,
+        beta: float = 1000.0,
+    ) -> None:
         super().__init__(student_layer, teacher_layer)
-        if p <= 0:
-            raise ValueError(f"p must be > 0, got {p}")
-        if beta < 0:
-            raise ValueError(f"beta must be >= 0, got {beta}")
-        self.p, self.beta = float(p), float(beta)
+        self.p = number("p", p, 0, low_open=True)
+        self.beta = number("beta", beta, 0, low_open=True)  # 0 would make the loss always 0
 
     def attention(self, f: torch.Tensor) -> torch.Tensor:
         """[B, C, H, W] -> [B, H*W], unit L2 norm per row."""
@@ -392,7 +388,9 @@ def _centred_gram(e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class RelationalKD(FeatureLoss):
-    r"""Relational knowledge distillation (Park et al., "Relational Knowledge Distillation", CVPR 2019):
+    r"""Relational KD (Park et al. 2019): match pairwise distances and triplet angles within the batch.
+
+    Relational knowledge distillation (Park et al., "Relational Knowledge Distillation", CVPR 2019):
     match the structure of the batch rather than the features themselves, so the student and teacher
     feature sizes may differ. Features are flattened to [B, D].
 
@@ -420,14 +418,16 @@ class RelationalKD(FeatureLoss):
     eps = 1e-12
 
     def __init__(
-        self, student_layer: str, teacher_layer: str, distance_weight: float, angle_weight: float
+        self,
+        student_layer: str = FEATURES,
+        teacher_layer: str = FEATURES,
+        distance_weight: float = 25.0,
+        angle_weight: float = 50.0,
     ) -> None:
         super().__init__(student_layer, teacher_layer)
-        if distance_weight < 0 or angle_weight < 0:
-            raise ValueError(
-                f"distance_weight and angle_weight must be >= 0, got {distance_weight}, {angle_weight}"
-            )
-        self.distance_weight, self.angle_weight = float(distance_weight), float(angle_weight)
+        self.distance_weight, self.angle_weight = _term_weights(
+            ("distance_weight", distance_weight), ("angle_weight", angle_weight)
+        )
 
     @classmethod
     def distances(cls, e: torch.Tensor) -> torch.Tensor:
@@ -474,7 +474,9 @@ class RelationalKD(FeatureLoss):
 
 
 class ProbabilisticKT(FeatureLoss):
-    r"""Probabilistic knowledge transfer (Passalis and Tefas, "Learning Deep Representations with
+    r"""Probabilistic knowledge transfer (Passalis and Tefas 2018): KL between cosine-kernel distributions.
+
+    Probabilistic knowledge transfer (Passalis and Tefas, "Learning Deep Representations with
     Probabilistic Knowledge Transfer", ECCV 2018): match the conditional probability distributions
     that a cosine-similarity kernel induces over the batch. Features are flattened to [B, D] (the sizes
     may differ between student and teacher) and L2-normalised; with :math:`K_{ij} = (1 + \cos(x_i,
@@ -489,11 +491,11 @@ class ProbabilisticKT(FeatureLoss):
 
     name = "pkt"
 
-    def __init__(self, student_layer: str, teacher_layer: str, eps: float) -> None:
+    def __init__(
+        self, student_layer: str = FEATURES, teacher_layer: str = FEATURES, eps: float = 1e-7
+    ) -> None:
         super().__init__(student_layer, teacher_layer)
-        if eps <= 0:
-            raise ValueError(f"eps must be > 0, got {eps}")
-        self.eps = float(eps)
+        self.eps = number("eps", eps, 0, low_open=True)
 
     def probabilities(self, e: torch.Tensor) -> torch.Tensor:
         e = F.normalize(e.flatten(1), p=2.0, dim=1, eps=self.eps)
@@ -504,39 +506,3 @@ class ProbabilisticKT(FeatureLoss):
         s, t = _feature_pair(inputs, self)
         p_s, p_t = self.probabilities(s), self.probabilities(t)
         return (p_t * torch.log((p_t + self.eps) / (p_s + self.eps))).sum(dim=1).mean()
-
-
-def fitnets(
-    student_layer: str = "features", teacher_layer: str = "features", kernel_size: int = 1
-) -> FitNets:
-    """FitNets hints (Romero et al. 2015): MSE between the regressed student map and the teacher's."""
-    return FitNets(student_layer=student_layer, teacher_layer=teacher_layer, kernel_size=kernel_size)
-
-
-def at(
-    student_layer: str = "features", teacher_layer: str = "features", p: float = 2.0, beta: float = 1000.0
-) -> AttentionTransfer:
-    """Attention transfer (Zagoruyko and Komodakis 2017): match normalised spatial attention maps."""
-    return AttentionTransfer(student_layer=student_layer, teacher_layer=teacher_layer, p=p, beta=beta)
-
-
-def rkd(
-    student_layer: str = "features",
-    teacher_layer: str = "features",
-    distance_weight: float = 25.0,
-    angle_weight: float = 50.0,
-) -> RelationalKD:
-    """Relational KD (Park et al. 2019): match pairwise distances and triplet angles within the batch."""
-    return RelationalKD(
-        student_layer=student_layer,
-        teacher_layer=teacher_layer,
-        distance_weight=distance_weight,
-        angle_weight=angle_weight,
-    )
-
-
-def pkt(
-    student_layer: str = "features", teacher_layer: str = "features", eps: float = 1e-7
-) -> ProbabilisticKT:
-    """Probabilistic knowledge transfer (Passalis and Tefas 2018): KL between cosine-kernel distributions."""
-    return ProbabilisticKT(student_layer=student_layer, teacher_layer=teacher_layer, eps=eps)

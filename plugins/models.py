@@ -1,7 +1,11 @@
 """Built-in models for small grey images (28x28 by default).
 
 Every model takes raw pixels in [0, 1] and normalises inside (so the exported ONNX does too) and
-returns logits. Factories have the contract signature ``f(num_classes, in_channels, **kwargs)``.
+returns logits. Each model class is its plugin's factory (the entry point names it), with the contract
+signature ``(num_classes, in_channels, **keywords with defaults)``; ``torchvision`` is a function, as it
+picks and builds the network before wrapping it. The first paragraph of a class docstring is the plugin's
+summary in ``distillops plugins list`` and the README. Impossible sizes (a non-positive width, an image
+too small for the architecture) fail at build time with a ValueError naming the keyword.
 
 Naming convention shared by the built-ins: ``features`` is the module whose output is the last feature
 map (or embedding) before the classifier, and ``fc`` the final Linear layer; the feature losses
@@ -29,24 +33,28 @@ attribute holds that name where it is known.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Mapping, Sequence
+import inspect
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+from plugins._checks import integer, number, positive_integers
+
 # Fashion-MNIST training-set statistics; close enough for MNIST-like data too.
 DEFAULT_MEAN = 0.2860
 DEFAULT_STD = 0.3530
+# The side of the images the defaults are made for (Fashion-MNIST).
+DEFAULT_IMAGE_SIZE = 28
 
 
 class Normalize(nn.Module):
     def __init__(self, mean: float, std: float, channels: int) -> None:
         super().__init__()
-        if std <= 0:
-            raise ValueError(f"std must be > 0, got {std}")
-        self.register_buffer("mean", torch.full((1, channels, 1, 1), float(mean)))
-        self.register_buffer("inv_std", torch.full((1, channels, 1, 1), 1.0 / float(std)))
+        mean, std = number("mean", mean), number("std", std, 0, low_open=True)
+        self.register_buffer("mean", torch.full((1, channels, 1, 1), mean))
+        self.register_buffer("inv_std", torch.full((1, channels, 1, 1), 1.0 / std))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) * self.inv_std
@@ -70,12 +78,19 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    """CIFAR-style ResNet (He et al. 2016): a 3x3 stem, then stages of basic blocks, global pooling."""
+    """CIFAR-style ResNet (He et al. 2016): a 3x3 stem, then stages of basic blocks, global pooling.
+
+    ``widths`` holds the channels of each stage (one stage per entry; each stage after the first halves
+    the resolution). The plugins resnet8, resnet20 and resnet18 (:func:`_resnet_variant`) fix the number
+    of basic blocks per stage.
+    """
 
     def __init__(
         self, num_classes: int, in_channels: int, widths: Sequence[int], blocks: int, mean: float, std: float
     ) -> None:
         super().__init__()
+        widths = positive_integers("widths", widths)
+        blocks = integer("blocks", blocks, 1)
         self.normalize = Normalize(mean, std, in_channels)
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False),
@@ -131,21 +146,30 @@ class InvertedResidual(nn.Module):
 
 
 class MobileNet(nn.Module):
-    """A small MobileNetV2-like network for 28x28 inputs: a stride-1 stem, inverted residual stages with
-    two stride-2 steps (28 -> 14 -> 7), a 1x1 convolution to the embedding width, global pooling."""
+    """MobileNetV2-like student (~67k parameters at width 1, expansion 4; ~97k at expansion 6).
+
+    A small MobileNetV2-like network for 28x28 inputs: a stride-1 stem, inverted residual stages with two
+    stride-2 steps (28 -> 14 -> 7), a 1x1 convolution to the embedding width, global pooling. ``width``
+    scales every layer's channels (rounded to multiples of 8), ``expansion`` is the inverted residuals'
+    expansion factor.
+    """
 
     # (output channels, blocks, stride of the first block, expanded?) per stage
     STAGES = ((16, 1, 1, False), (24, 2, 2, True), (32, 2, 2, True), (48, 2, 1, True))
     STEM, LAST = 16, 128
 
     def __init__(
-        self, num_classes: int, in_channels: int, width: float, expansion: int, mean: float, std: float
+        self,
+        num_classes: int,
+        in_channels: int,
+        width: float = 1.0,
+        expansion: int = 4,
+        mean: float = DEFAULT_MEAN,
+        std: float = DEFAULT_STD,
     ) -> None:
         super().__init__()
-        if width <= 0:
-            raise ValueError(f"width must be > 0, got {width}")
-        if expansion < 1:
-            raise ValueError(f"expansion must be >= 1, got {expansion}")
+        width = number("width", width, 0, low_open=True)
+        expansion = integer("expansion", expansion, 1)
         self.normalize = Normalize(mean, std, in_channels)
         cin = _round_channels(self.STEM * width)
         self.stem = nn.Sequential(
@@ -193,12 +217,34 @@ class TorchvisionNet(nn.Module):
 
 
 class LeNet5(nn.Module):
-    """LeNet-5-like (LeCun et al. 1998): two conv+pool stages and three fully connected layers."""
+    """LeNet-5-like student (about 60k parameters at width 1).
+
+    LeNet-5-like (LeCun et al. 1998): two conv+pool stages (a padded 5x5 convolution, a 5x5 convolution,
+    each followed by 2x2 max-pooling) and three fully connected layers. ``width`` scales the channels of
+    the convolutions (6 and 16 at width 1); ``image_size`` is the side of the square input images (at
+    least 12, so that the feature map after the two stages is at least 1x1).
+    """
+
+    MIN_IMAGE_SIZE = 12  # the smallest side whose feature map after the two stages is 1x1
 
     def __init__(
-        self, num_classes: int, in_channels: int, width: float, image_size: int, mean: float, std: float
+        self,
+        num_classes: int,
+        in_channels: int,
+        width: float = 1.0,
+        image_size: int = DEFAULT_IMAGE_SIZE,
+        mean: float = DEFAULT_MEAN,
+        std: float = DEFAULT_STD,
     ) -> None:
         super().__init__()
+        width = number("width", width, 0, low_open=True)
+        image_size = integer("image_size", image_size)
+        side = ((image_size // 2) - 4) // 2  # after conv(5, pad 2) + pool(2), then conv(5) + pool(2)
+        if side < 1:
+            raise ValueError(
+                f"image_size must be at least {self.MIN_IMAGE_SIZE} for lenet5 (its two conv+pool stages "
+                f"need the feature map to stay at least 1x1), got {image_size!r}"
+            )
         c1, c2 = max(1, round(6 * width)), max(1, round(16 * width))
         self.normalize = Normalize(mean, std, in_channels)
         self.features = nn.Sequential(
@@ -209,7 +255,6 @@ class LeNet5(nn.Module):
             nn.ReLU(inplace=True),
             nn.MaxPool2d(2),
         )
-        side = ((image_size // 2) - 4) // 2
         self.classifier = nn.Sequential(
             nn.Flatten(),
             nn.Linear(c2 * side * side, 120),
@@ -224,18 +269,25 @@ class LeNet5(nn.Module):
 
 
 class MLP(nn.Module):
-    """A multilayer perceptron on the flattened image."""
+    """Fully connected network on the flattened image.
+
+    A multilayer perceptron: the flattened ``image_size`` x ``image_size`` image, then one Linear + ReLU
+    layer per entry of ``hidden`` (its width), then the classifier ``fc``. An empty ``hidden`` leaves a
+    linear classifier.
+    """
 
     def __init__(
         self,
         num_classes: int,
         in_channels: int,
-        hidden: Sequence[int],
-        image_size: int,
-        mean: float,
-        std: float,
+        hidden: Sequence[int] = (256, 128),
+        image_size: int = DEFAULT_IMAGE_SIZE,
+        mean: float = DEFAULT_MEAN,
+        std: float = DEFAULT_STD,
     ) -> None:
         super().__init__()
+        hidden = positive_integers("hidden", hidden, allow_empty=True)
+        image_size = integer("image_size", image_size, 1)
         self.normalize = Normalize(mean, std, in_channels)
         dims = [in_channels * image_size * image_size, *hidden]
         layers: list[nn.Module] = [nn.Flatten()]
@@ -248,72 +300,48 @@ class MLP(nn.Module):
         return self.fc(self.features(self.normalize(x)))
 
 
-def _resnet_factory(blocks: int, default_widths: tuple[int, ...], doc: str) -> Callable[..., ResNet]:
-    """A ResNet plugin factory with ``blocks`` basic blocks per stage (the signature the registry reads)."""
+def _resnet_variant(name: str, blocks: int, default_widths: tuple[int, ...], doc: str) -> type[ResNet]:
+    """A ResNet plugin class with ``blocks`` basic blocks per stage: the one place where the variants'
+    signature (the keywords and defaults the registry reads) is written."""
 
-    def factory(
-        num_classes: int,
-        in_channels: int,
-        widths: Sequence[int] = default_widths,
-        mean: float = DEFAULT_MEAN,
-        std: float = DEFAULT_STD,
-    ) -> ResNet:
-        return ResNet(num_classes, in_channels, tuple(widths), blocks, mean, std)
+    class Variant(ResNet):
+        __doc__ = f"{doc}\n\n{inspect.cleandoc(ResNet.__doc__ or '')}"
 
-    factory.__doc__ = doc
-    return factory
+        def __init__(
+            self,
+            num_classes: int,
+            in_channels: int,
+            widths: Sequence[int] = default_widths,
+            mean: float = DEFAULT_MEAN,
+            std: float = DEFAULT_STD,
+        ) -> None:
+            super().__init__(num_classes, in_channels, widths, blocks, mean, std)
+
+    Variant.__name__ = Variant.__qualname__ = name
+    Variant.__init__.__qualname__ = f"{name}.__init__"
+    return Variant
 
 
-resnet8 = _resnet_factory(
-    1, (16, 32, 64), "ResNet-8-like teacher: stem + three stages of one basic block (widths per stage)."
+ResNet8 = _resnet_variant(
+    "ResNet8",
+    1,
+    (16, 32, 64),
+    "ResNet-8-like teacher: stem + three stages of one basic block (widths per stage).",
 )
-resnet20 = _resnet_factory(
+ResNet20 = _resnet_variant(
+    "ResNet20",
     3,
     (16, 32, 64),
     "ResNet-20 (He et al. 2016, CIFAR variant): stem + three stages of three basic blocks (~0.27M).",
 )
-resnet18 = _resnet_factory(
+ResNet18 = _resnet_variant(
+    "ResNet18",
     2,
     (64, 128, 256, 512),
-    "ResNet-18 for small images: a 3x3 stride-1 stem without max-pool, four stages of two basic blocks\n"
-    "(~11.2M parameters; slimmer with e.g. ``widths: [32, 64, 128, 256]``).",
+    "ResNet-18 for small images: a 3x3 stride-1 stem, no max-pool, four stages of two basic blocks "
+    "(~11.2M).\n\n"
+    "Slimmer with e.g. ``widths: [32, 64, 128, 256]`` (~2.8M) or ``[16, 32, 64, 128]`` (~0.7M).",
 )
-
-
-def lenet5(
-    num_classes: int,
-    in_channels: int,
-    width: float = 1.0,
-    image_size: int = 28,
-    mean: float = DEFAULT_MEAN,
-    std: float = DEFAULT_STD,
-) -> LeNet5:
-    """LeNet-5-like student (about 60k parameters at width 1)."""
-    return LeNet5(num_classes, in_channels, width, image_size, mean, std)
-
-
-def mlp(
-    num_classes: int,
-    in_channels: int,
-    hidden: Sequence[int] = (256, 128),
-    image_size: int = 28,
-    mean: float = DEFAULT_MEAN,
-    std: float = DEFAULT_STD,
-) -> MLP:
-    """Fully connected network on the flattened image."""
-    return MLP(num_classes, in_channels, tuple(hidden), image_size, mean, std)
-
-
-def mobilenet(
-    num_classes: int,
-    in_channels: int,
-    width: float = 1.0,
-    expansion: int = 4,
-    mean: float = DEFAULT_MEAN,
-    std: float = DEFAULT_STD,
-) -> MobileNet:
-    """MobileNetV2-like student (~67k parameters at width 1, expansion 4; ~97k at expansion 6)."""
-    return MobileNet(num_classes, in_channels, width, expansion, mean, std)
 
 
 # Keywords the torchvision builders must never get: they would download pretrained weights or clash
@@ -423,12 +451,15 @@ def torchvision(
     arch: str = "resnet18",
     resize: int | None = None,
     options: Mapping[str, Any] | None = None,
-    image_size: int = 28,
+    image_size: int = DEFAULT_IMAGE_SIZE,
     mean: float = DEFAULT_MEAN,
     std: float = DEFAULT_STD,
 ) -> TorchvisionNet:
-    """Any torchvision classification architecture (``arch``, e.g. resnet18, mobilenet_v3_small,
-    efficientnet_b0, convnext_tiny), always randomly initialised: pretrained weights are never loaded.
+    """Any torchvision classification architecture by name (``arch``), randomly initialised (not pretrained).
+
+    ``arch`` is any name of ``torchvision.models.list_models(module=torchvision.models)``, e.g. resnet18,
+    mobilenet_v3_small, efficientnet_b0, convnext_tiny. The network is always randomly initialised:
+    pretrained weights are never loaded (nothing is downloaded).
 
     ``resize``: upsample (bilinear) inside the model to ``resize`` x ``resize`` first, for architectures
     that need larger inputs than the data's ``image_size`` (which is only used to check, at build time,
@@ -450,9 +481,12 @@ def torchvision(
     """
     import torchvision.models as tvm
 
+    image_size = integer("image_size", image_size, 1)
+    if options is not None and not isinstance(options, Mapping):
+        raise ValueError(f"options must be a mapping of builder keywords (or null), got {options!r}")
     archs = _classification_archs()
     if arch not in archs:
-        close = difflib.get_close_matches(arch, archs, n=3)
+        close = difflib.get_close_matches(str(arch), archs, n=3)
         hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         raise ValueError(
             f"unknown torchvision classification architecture '{arch}'.{hint} Available: {', '.join(archs)}."

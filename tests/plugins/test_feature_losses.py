@@ -16,7 +16,7 @@ from pipeline.params import PluginSpec
 from pipeline.protocols import LossInputs, requires_teacher, student_taps, teacher_taps
 from pipeline.registry import create
 from pipeline.training import feature_taps
-from plugins.models import lenet5, mlp, resnet8
+from plugins.models import MLP, LeNet5, ResNet8
 
 FEATURE_LOSSES = ("fitnets", "at", "rkd", "pkt")
 
@@ -56,7 +56,7 @@ def test_feature_losses_declare_their_taps(name):
 @pytest.mark.parametrize("name", FEATURE_LOSSES)
 def test_feature_losses_run_on_the_builtin_pair_and_reach_the_student(name):
     torch.manual_seed(0)
-    student, teacher = lenet5(10, 1), resnet8(10, 1).eval()
+    student, teacher = LeNet5(10, 1), ResNet8(10, 1).eval()
     fn = loss(name)
     x = torch.rand(6, 1, 28, 28)
     with feature_taps(student, student_taps(fn)) as sf, feature_taps(teacher, teacher_taps(fn)) as tf:
@@ -104,7 +104,7 @@ def test_missing_feature_is_named():
 
 def test_a_bad_layer_name_lists_the_module_names():
     fn = loss("at", student_layer="nope")
-    with pytest.raises(PluginError) as exc, feature_taps(lenet5(10, 1), student_taps(fn)):
+    with pytest.raises(PluginError) as exc, feature_taps(LeNet5(10, 1), student_taps(fn)):
         pass
     assert "['nope']" in str(exc.value)
     assert "features" in str(exc.value) and "classifier" in str(exc.value) and "fc" in str(exc.value)
@@ -362,7 +362,7 @@ def test_fitnets_regressor_that_no_longer_fits_is_a_clear_error():
 
 def test_fitnets_trains_an_mlp_student_against_a_conv_teacher():
     torch.manual_seed(0)
-    student, teacher = mlp(10, 1), resnet8(10, 1).eval()
+    student, teacher = MLP(10, 1), ResNet8(10, 1).eval()
     fn = loss("fitnets")
     x = torch.rand(8, 1, 28, 28)
     with feature_taps(student, ("features",)) as sf, feature_taps(teacher, ("features",)) as tf:
