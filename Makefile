@@ -9,7 +9,7 @@ setup:
 
 pipeline: setup  ## set up, run the whole DVC pipeline, say where the results are
 	@$(RUN) dvc repro
-	@$(RUN) python -m pipeline.summary
+	@$(RUN) distillops summary
 
 test: setup  ## set up, lint, run every test (the slow end-to-end ones too)
 	@$(RUN) ruff check pipeline plugins tests benchmarks examples scripts

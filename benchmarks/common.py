@@ -13,27 +13,20 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline import layout  # noqa: E402
 from pipeline.data import NUM_CLASSES, Split, load_splits  # noqa: E402
-from pipeline.modelio import build_model, load_model  # noqa: E402
+from pipeline.loss_set import LossSet  # noqa: E402
+from pipeline.modelio import load_model  # noqa: E402
 from pipeline.offline_copies import AugmentedCopies  # noqa: E402
 from pipeline.params import LossSpec, Params, TrainParams  # noqa: E402
-from pipeline.prepare import SOURCE_FILE  # noqa: E402
-from pipeline.protocols import requires_teacher  # noqa: E402
-from pipeline.teacher import out_dir as teacher_dir  # noqa: E402
-from pipeline.training import (  # noqa: E402
-    Trainer,
-    accuracy,
-    build_augmenters,
-    build_losses,
-    predict_logits,
-    setup_runtime,
-)
+from pipeline.selection import Selected, Selections, build_augmenters  # noqa: E402
+from pipeline.training import Runtime, Trainer, accuracy, predict_logits  # noqa: E402
 
 
 def pipeline_inputs(params: Params) -> tuple[dict[str, Split], torch.nn.Module]:
     """The prepared splits and the trained teacher (run `dvc repro` first)."""
-    splits = load_splits(Path(params.paths.prepared) / SOURCE_FILE)
-    teacher, _ = load_model(teacher_dir(params), torch.device("cpu"))
+    splits = load_splits(layout.prepared(params, layout.SOURCE_FILE))
+    teacher, _ = load_model(layout.model_dir(params, "teacher"), torch.device("cpu"))
     return splits, teacher
 
 
@@ -56,27 +49,25 @@ def train_student(
 ) -> Trained:
     """Train the params' student with ``losses`` (and the teacher where a loss needs it), augmented
     online with ``augment.ops`` when ``cfg.augment``, or on the offline ``copies`` when given."""
-    device = setup_runtime(params.runtime, seed)
-    model, _ = build_model(params.student.model, NUM_CLASSES, 1)
-    terms = build_losses(losses, "distill")
+    runtime = Runtime.from_params(params.runtime, seed, NUM_CLASSES)
+    runtime = Runtime(runtime.device, seed, NUM_CLASSES, runtime.channels_last, False, runtime.eval_batch_size)
+    plugins = Selections.resolve(params)
+    model = plugins.model("student.model").build_model(NUM_CLASSES, 1)
+    terms = LossSet.build([Selected.resolve(f"losses[{i}]", "losses", s) for i, s in enumerate(losses)], "distill")
     online = cfg.augment and copies is None
     trainer = Trainer(
         "distill",
         model,
         terms,
         cfg,
-        device,
-        seed,
-        NUM_CLASSES,
-        build_augmenters(params.augment.ops, "distill") if online else [],
-        teacher=teacher if any(requires_teacher(t.obj) for t in terms) else None,
-        progress=False,
-        channels_last=params.runtime.channels_last,
-        run_label=label,
+        runtime,
+        augmenters=build_augmenters(plugins.augmenters(), "distill") if online else [],
+        teacher=teacher if terms.needs_teacher else None,
+        label=label,
         copies=copies,
     )
     with contextlib.redirect_stdout(io.StringIO()):
         result = trainer.fit(splits["train"], splits["val"])
     test = splits["test"]
-    acc = accuracy(predict_logits(model, torch.from_numpy(test.x), device), torch.from_numpy(test.y))
+    acc = accuracy(predict_logits(model, torch.from_numpy(test.x), runtime.device), torch.from_numpy(test.y))
     return Trained(acc, result.seconds, trainer.teacher_passes)

@@ -21,7 +21,7 @@ from common import pipeline_inputs, train_student
 from pipeline import offline_copies
 from pipeline.data import NUM_CLASSES
 from pipeline.params import load_params
-from pipeline.training import build_augmenters
+from pipeline.selection import Selections, build_augmenters
 
 
 def main() -> None:
@@ -36,7 +36,7 @@ def main() -> None:
     splits, teacher = pipeline_inputs(params)
     t0 = time.perf_counter()
     copies = offline_copies.materialise(
-        splits["train"], build_augmenters(params.augment.ops, "prepare"), args.copies, args.seed, NUM_CLASSES
+        splits["train"], build_augmenters(Selections.resolve(params).augmenters(), "prepare"), args.copies, args.seed, NUM_CLASSES
     )
     materialise_s = time.perf_counter() - t0
     rows = []

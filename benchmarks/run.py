@@ -27,9 +27,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.evaluate import onnx_latency, torch_latency  # noqa: E402
-from pipeline.export import export_onnx, ort_session, quantize_int8  # noqa: E402
+from pipeline.onnx_model import export_onnx, ort_session, quantize_int8  # noqa: E402
 from pipeline.params import PluginSpec  # noqa: E402
-from pipeline.registry import create  # noqa: E402
+from pipeline.selection import create  # noqa: E402
 
 MODELS = ("lenet5", "resnet8", "mlp")
 

@@ -5,6 +5,7 @@ distillops plugins list [--json | --markdown]   every plugin: group, name, distr
                                    described from a cache (~/.cache/distillops, $DISTILLOPS_CACHE_DIR)
                                    so that plugins that loaded before are not imported again
 distillops plugins check           import every plugin and run the contract checks on it
+distillops summary                 the last run's results and where its outputs are (from paths.metrics)
 distillops report [--metric M ...]   mean +- std over seeds of the final metrics, per configuration (MLflow)
 distillops predict MODEL.onnx IMAGES.npy   classify images with ONNX Runtime alone
 """
@@ -150,6 +151,21 @@ def cmd_report(args: argparse.Namespace) -> int:
     return report.main(args)
 
 
+def cmd_summary(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pipeline import report
+    from pipeline.atomic import read_json
+    from pipeline.params import load_params
+
+    params = load_params(args.params)
+    metrics = Path(params.paths.metrics)
+    if not metrics.exists():
+        raise DistillopsError(f"{metrics} does not exist; run the pipeline first (dvc repro)")
+    print(report.summary(read_json(metrics), params))
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from pipeline import predict
 
@@ -171,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     plist.set_defaults(func=cmd_plugins_list)
     pcheck = psub.add_parser("check", help="import every plugin and run the contract checks")
     pcheck.set_defaults(func=cmd_plugins_check)
+    summ = sub.add_parser("summary", help="the last run's results and where its outputs are")
+    summ.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    summ.set_defaults(func=cmd_summary)
     report = sub.add_parser("report", help="mean +- std over seeds of the final metrics, from MLflow")
     report.add_argument(
         "--metric", action="append", help="a metrics.json key (repeatable; default: the main ones)"

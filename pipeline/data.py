@@ -18,7 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
+from pipeline.atomic import write_with
 from pipeline.errors import DataError, MissingDependencyError
 
 FASHION_CLASSES = (
@@ -67,6 +70,16 @@ class Split:
 
     def head(self, limit: int | None) -> Split:
         return self if limit is None else Split(self.x[:limit], self.y[:limit])
+
+
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> float32 in [0, 1] (the models' input contract)."""
+    return x.float().div_(255.0)
+
+
+def one_hot(y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Labels -> one-hot target rows (the augmenters' ``y``)."""
+    return F.one_hot(y, num_classes).float()
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -203,8 +216,6 @@ def take(split: Split, idx: np.ndarray) -> Split:
 
 
 def save_splits(path: Path, splits: dict[str, Split]) -> None:
-    from pipeline.atomic import write_with
-
     arrays = {}
     for name, split in splits.items():
         arrays[f"x_{name}"] = split.x

@@ -1,7 +1,6 @@
 """Stage 6, evaluate: accuracy, size and latency of every model and its ONNX (and INT8) form.
 
-Writes ``<paths.reports>/metrics.json`` (flat dotted keys, DVC metrics) and, in
-``<paths.reports>/plots``, the confusion matrix of the distilled student (``confusion.csv``, DVC plot)
+Writes ``paths.metrics`` (flat dotted keys, DVC metrics) and, in ``paths.plots``, the confusion matrix of the distilled student (``confusion.csv``, DVC plot)
 and PNG figures that also go to MLflow. Every metric is logged to the stage's run and to the
 pipeline's parent run, so experiments compare on one row in the MLflow UI.
 """
@@ -18,18 +17,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline import stage, tracking
+from pipeline import layout, report, runner, tracking
 from pipeline.atomic import write_json, write_text
 from pipeline.data import DIGIT_CLASSES, FASHION_CLASSES, NUM_CLASSES, Split, load_splits
-from pipeline.distill import out_dir as student_dir
-from pipeline.export import INPUT_NAME, OUTPUT_NAME, ort_session
-from pipeline.export import out_dir as onnx_dir
 from pipeline.modelio import count_parameters, load_model
-from pipeline.params import Params
-from pipeline.prepare import SOURCE_FILE, TARGET_FILE
-from pipeline.teacher import out_dir as teacher_dir
+from pipeline.onnx_model import INPUT_NAME, OUTPUT_NAME, onnx_predict, ort_session
+from pipeline.runner import StageContext
 from pipeline.training import accuracy, confusion_matrix, predict_logits
-from pipeline.transfer import out_dir as transfer_dir
 
 
 def time_ms(fn: Callable[[], Any], warmup: int, repeats: int) -> dict[str, float]:
@@ -61,14 +55,6 @@ def torch_latency(model: nn.Module, batch: int, warmup: int, repeats: int) -> di
 def onnx_latency(session: Any, batch: int, warmup: int, repeats: int) -> dict[str, float]:
     x = np.random.default_rng(0).random((batch, 1, 28, 28), dtype=np.float32)
     return time_ms(lambda: session.run([OUTPUT_NAME], {INPUT_NAME: x}), warmup, repeats)
-
-
-def onnx_predict(session: Any, images: np.ndarray, batch: int = 1024) -> np.ndarray:
-    out = [
-        session.run([OUTPUT_NAME], {INPUT_NAME: images[i : i + batch].astype(np.float32) / 255.0})[0]
-        for i in range(0, len(images), batch)
-    ]
-    return np.concatenate(out)
 
 
 def _latencies(
@@ -121,27 +107,27 @@ def _read_history(path: Path) -> list[dict[str, float]]:
     ]
 
 
-def run(params: Params, params_file: Path) -> dict[str, float]:
+def run(ctx: StageContext) -> dict[str, float]:
+    params = ctx.params
     ev = params.evaluate
-    source = load_splits(Path(params.paths.prepared) / SOURCE_FILE)["test"]
-    target = load_splits(Path(params.paths.prepared) / TARGET_FILE)["test"]
+    source = load_splits(layout.prepared(params, layout.SOURCE_FILE))["test"]
+    target = load_splits(layout.prepared(params, layout.TARGET_FILE))["test"]
     cpu = torch.device("cpu")
+    # metrics prefix -> (model folder, test split)
     folders = {
-        "teacher": (teacher_dir(params), source),
-        "student_alone": (student_dir(params, "student_alone"), source),
-        "student": (student_dir(params, "student"), source),
-        "transfer": (transfer_dir(params, "transferred"), target),
-        "transfer_scratch": (transfer_dir(params, "scratch"), target),
+        "teacher": (layout.model_dir(params, "teacher"), source),
+        "student_alone": (layout.model_dir(params, "student_alone"), source),
+        "student": (layout.model_dir(params, "student"), source),
+        "transfer": (layout.model_dir(params, "transferred"), target),
+        "transfer_scratch": (layout.model_dir(params, "scratch"), target),
     }
-    onnx_files = {
-        "student": "student.onnx",
-        "student_alone": "student_alone.onnx",
-        "transfer": "transferred.onnx",
-    }
+    # metrics prefix -> ONNX file
+    onnx_files = {name: layout.onnx_file(params, name) for name in ("student", "student_alone")}
+    onnx_files["transfer"] = layout.onnx_file(params, "transferred")
     metrics: dict[str, float] = {}
     models: dict[str, nn.Module] = {}
     preds: dict[str, np.ndarray] = {}
-    with tracking.stage_run("evaluate", params, params_file) as tracker:
+    with tracking.stage_run("evaluate", params, ctx.params_file) as tracker:
         for name, (folder, split) in folders.items():
             model, _meta = load_model(folder, cpu)
             models[name] = model
@@ -151,9 +137,8 @@ def run(params: Params, params_file: Path) -> dict[str, float]:
             metrics[f"{name}.parameters"] = count_parameters(model)
         metrics["transfer.scratch_accuracy"] = metrics.pop("transfer_scratch.accuracy")
         metrics.pop("transfer_scratch.parameters")
-        for name, file in onnx_files.items():
+        for name, path in onnx_files.items():
             split: Split = folders[name][1]
-            path = onnx_dir(params) / file
             session = ort_session(path)
             metrics[f"{name}.onnx_accuracy"] = float(
                 (onnx_predict(session, split.x).argmax(1) == split.y).mean()
@@ -165,9 +150,9 @@ def run(params: Params, params_file: Path) -> dict[str, float]:
             metrics |= _latencies(
                 name, "torch", lambda b, m=models[name]: torch_latency(m, b, w, r), ev.latency_batches
             )
-        session = ort_session(onnx_dir(params) / "student.onnx", threads)
+        session = ort_session(onnx_files["student"], threads)
         metrics |= _latencies("student", "onnx", lambda b: onnx_latency(session, b, w, r), ev.latency_batches)
-        int8 = onnx_dir(params) / "student_int8.onnx"
+        int8 = layout.onnx_file(params, layout.INT8)
         if int8.exists():
             q = ort_session(int8, threads)
             metrics["student_int8.onnx_accuracy"] = float(
@@ -183,8 +168,7 @@ def run(params: Params, params_file: Path) -> dict[str, float]:
             metrics["student.latency_ms.torch_b1"] / metrics["student.latency_ms.onnx_b1"]
         )
 
-        reports = Path(params.paths.reports)
-        plots = reports / "plots"
+        metrics_file, plots = Path(params.paths.metrics), Path(params.paths.plots)
         plots.mkdir(parents=True, exist_ok=True)
         write_text(
             plots / "confusion.csv",
@@ -202,41 +186,20 @@ def run(params: Params, params_file: Path) -> dict[str, float]:
                 for a, p in zip(target.y, preds["transfer"], strict=True)
             ),
         )
-        curves = {name: _read_history(folders[name][0] / stage.HISTORY) for name in folders}
+        curves = {name: _read_history(folders[name][0] / layout.HISTORY) for name in folders}
         cm = confusion_matrix(source.y, preds["student"], NUM_CLASSES)
         for file, fig in _figures(curves, cm, plots).items():
             tracker.log_figure(fig, file)
-        write_json(reports / "metrics.json", metrics)
+        write_json(metrics_file, metrics)
         tracker.log_metrics(metrics, parent=True)
-        tracker.log_artifact(reports / "metrics.json")
+        tracker.log_artifact(metrics_file)
         tracker.log_artifact(plots / "confusion.csv", "plots")
-        _print_summary(metrics, reports / "metrics.json")
+        print(report.summary(metrics, params))
     return metrics
 
 
-def _print_summary(m: dict[str, float], path: Path) -> None:
-    print(f"[evaluate] wrote {path}")
-    print(
-        f"  teacher        accuracy {m['teacher.accuracy']:.4f}  ({int(m['teacher.parameters'])} parameters)"
-    )
-    print(f"  student alone  accuracy {m['student_alone.accuracy']:.4f}")
-    print(
-        f"  distilled      accuracy {m['student.accuracy']:.4f}  ONNX {m['student.onnx_accuracy']:.4f}  "
-        f"gain {m['distill.gain'] * 100:+.2f} pt  ({int(m['student.parameters'])} parameters, "
-        f"{int(m['student.onnx_bytes'])} bytes ONNX)"
-    )
-    print(
-        f"  transfer       accuracy {m['transfer.accuracy']:.4f}  scratch {m['transfer.scratch_accuracy']:.4f}  "
-        f"gain {m['transfer.gain'] * 100:+.2f} pt"
-    )
-    print(
-        f"  latency b1     PyTorch {m['student.latency_ms.torch_b1']:.3f} ms  ONNX Runtime "
-        f"{m['student.latency_ms.onnx_b1']:.3f} ms  ({m['student.onnx_speedup_b1']:.1f}x)"
-    )
-
-
 def main(argv: list[str] | None = None) -> None:
-    stage.main("evaluate", run, argv)
+    runner.main("evaluate", run, argv)
 
 
 if __name__ == "__main__":

@@ -11,23 +11,10 @@ from torch import nn
 
 from pipeline.atomic import read_json, write_json, write_with
 from pipeline.errors import DistillopsError
+from pipeline.layout import META, WEIGHTS
 from pipeline.params import PluginSpec
-from pipeline.registry import PluginInfo, create
-
-WEIGHTS = "model.safetensors"
-META = "model.json"
-# trainable parts of the losses (e.g. a FitNets regressor), saved next to the student they trained with
-LOSS_WEIGHTS = "loss_modules.safetensors"
-
-
-def build_model(spec: PluginSpec, num_classes: int, in_channels: int) -> tuple[nn.Module, PluginInfo]:
-    model, info = create("models", spec, num_classes=num_classes, in_channels=in_channels)
-    if not isinstance(model, nn.Module):
-        raise DistillopsError(
-            f"models plugin '{spec.name}' ({info.provenance}) returned a "
-            f"{type(model).__name__}, not a torch.nn.Module"
-        )
-    return model, info
+from pipeline.registry import PluginInfo
+from pipeline.selection import Selected
 
 
 def save_model(
@@ -72,7 +59,9 @@ def load_model(folder: Path, device: torch.device | str = "cpu") -> tuple[nn.Mod
     meta = read_json(folder / META)
     spec_raw = dict(meta["model"])
     spec = PluginSpec(spec_raw.pop("name"), spec_raw)
-    model, _info = build_model(spec, meta["num_classes"], meta["in_channels"])
+    model = Selected.resolve(str(folder / META), "models", spec).build_model(
+        meta["num_classes"], meta["in_channels"]
+    )
     model.load_state_dict(load_file(str(folder / WEIGHTS)))
     return model.to(device).eval(), meta
 

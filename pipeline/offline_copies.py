@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from pipeline.atomic import read_json, write_json, write_with
-from pipeline.data import Split
+from pipeline.data import Split, one_hot, to_float
 from pipeline.errors import DataError
 from pipeline.params import Params
 
@@ -49,8 +49,6 @@ def materialise(
     train: Split, augmenters: list[Any], copies: int, seed: int, num_classes: int
 ) -> AugmentedCopies:
     """Apply the augmenters to the whole training split ``copies`` times, in fixed-size chunks."""
-    from pipeline.training import one_hot, to_float
-
     n = len(train)
     xs = np.empty((copies, *train.x.shape), dtype=np.uint8)
     ts = np.empty((copies, n, num_classes), dtype=np.float32)

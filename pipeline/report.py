@@ -1,4 +1,10 @@
-"""``distillops report``: mean +- std over seeds of the pipeline's final metrics, from MLflow.
+"""What a pipeline run produced, in words: one run's summary, and mean +- std over seeds.
+
+:func:`summary` is the one printout of a run's results: ``evaluate`` prints it when it finishes and
+``distillops summary`` prints it again from ``paths.metrics`` (``make pipeline`` runs it after
+``dvc repro``, which skips ``evaluate`` when nothing changed).
+
+``distillops report``: mean +- std over seeds of the pipeline's final metrics, from MLflow.
 
 Every finished ``evaluate`` run carries the whole configuration as params and the final metrics, so a
 sweep (``dvc exp run --queue -S seed=1 -S ...``) needs nothing else: runs are grouped by their params
@@ -81,6 +87,44 @@ def markdown(varying: Sequence[str], groups: Sequence[Group], metrics: Sequence[
     return "\n".join(lines)
 
 
+def summary(m: dict[str, float], params: Any) -> str:
+    """The results of one run and where its outputs are (``params``: the run's Params)."""
+    from pipeline import layout
+    from pipeline.tracking import tracking_uri
+
+    onnx = layout.onnx_file(params, "student")
+    rows = [
+        ("teacher", m["teacher.accuracy"], f"{int(m['teacher.parameters']):,} parameters"),
+        ("student alone", m["student_alone.accuracy"], ""),
+        (
+            "distilled student",
+            m["student.accuracy"],
+            f"ONNX {m['student.onnx_accuracy']:.4f}, gain {m['distill.gain'] * 100:+.2f} pt, "
+            f"{int(m['student.parameters']):,} parameters",
+        ),
+        (
+            "transferred (target)",
+            m["transfer.accuracy"],
+            f"from scratch {m['transfer.scratch_accuracy']:.4f}, gain {m['transfer.gain'] * 100:+.2f} pt",
+        ),
+    ]
+    lines = ["", "Results (test accuracy)"]
+    lines += [f"  {name:22} {acc:.4f}  {extra}".rstrip() for name, acc, extra in rows]
+    lines += [
+        f"  latency batch 1: PyTorch {m['student.latency_ms.torch_b1']:.3f} ms, ONNX Runtime "
+        f"{m['student.latency_ms.onnx_b1']:.3f} ms",
+        "",
+        "Where things are",
+        f"  metrics        {params.paths.metrics}   (dvc metrics show)",
+        f"  plots          {params.paths.plots}   (dvc plots show)",
+        f"  ONNX student   {onnx}   ({int(m['student.onnx_bytes']):,} bytes)",
+        f"  predict        distillops predict {onnx} images.npy",
+        f"  MLflow         mlflow ui --backend-store-uri {tracking_uri()}",
+        f"  registry       models:/{params.mlflow.registered_model}/latest",
+    ]
+    return "\n".join(lines)
+
+
 def finished_evaluate_runs(tracking_uri: str, experiment: str) -> list[Any]:
     from mlflow.tracking import MlflowClient
 
@@ -102,13 +146,13 @@ def main(args: argparse.Namespace) -> int:
     import os
 
     from pipeline import tracking
-    from pipeline.params import Params, load_params
+    from pipeline.params import load_params
 
     uri = args.tracking_uri or tracking.tracking_uri()
     try:
         default_experiment = load_params().mlflow.experiment
-    except DistillopsError:  # not in a checkout with a params.yaml
-        default_experiment = Params().mlflow.experiment
+    except DistillopsError:  # not in a checkout with a params.yaml: the name params.yaml uses
+        default_experiment = "distillops"
     experiment = args.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or default_experiment
     metrics = args.metric or list(DEFAULT_METRICS)
     runs = finished_evaluate_runs(uri, experiment)

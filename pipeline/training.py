@@ -1,15 +1,16 @@
 """The one training loop shared by the teacher, distill and transfer stages.
 
-The loop owns what every stage needs: batching from in-memory uint8 tensors, batched augmentation,
-an optional frozen teacher (its logits cached once when the inputs never change), feature taps for
-losses that need intermediate outputs, a weighted sum of named loss terms, per-epoch validation,
-NaN guards, and checkpoints that carry everything a bit-identical resume needs (model, loss modules,
-optimizer, scheduler, RNG states, position in the epoch and the metric accumulators).
+:class:`Trainer` owns what every stage needs: batching from in-memory uint8 tensors, batched
+augmentation, an optional frozen teacher (its logits cached once per training view when the inputs never
+change), the loss set, per-epoch validation, and checkpoints that carry everything a bit-identical resume
+needs (model, loss modules, optimizer, scheduler, RNG states, position in the epoch and the metric sums).
+
+The hot path (:meth:`Trainer._step`) reads one small tensor back to the host per step: the loss readings
+and the count of correct predictions, which serve both the non-finite-loss guard and the running metrics.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -26,12 +27,13 @@ from torch import nn
 
 from pipeline import interrupts
 from pipeline.atomic import write_with
-from pipeline.data import Split
-from pipeline.errors import DistillopsError, PluginError, TrainingDiverged
+from pipeline.data import Split, one_hot, to_float
+from pipeline.errors import DistillopsError
+from pipeline.loss_set import LossSet, feature_taps
 from pipeline.offline_copies import AugmentedCopies
-from pipeline.params import LossSpec, PluginSpec, RuntimeParams, TrainParams
-from pipeline.protocols import LossInputs, requires_teacher, student_taps, teacher_taps
-from pipeline.registry import PluginInfo, create
+from pipeline.params import RuntimeParams, TrainParams
+from pipeline.protocols import LossInputs
+from pipeline.selection import Plugin
 
 
 def resolve_device(runtime: RuntimeParams) -> torch.device:
@@ -54,93 +56,49 @@ def setup_runtime(runtime: RuntimeParams, seed: int) -> torch.device:
     return resolve_device(runtime)
 
 
-def to_float(x: torch.Tensor) -> torch.Tensor:
-    """uint8 pixels -> float32 in [0, 1] (the models' input contract)."""
-    return x.float().div_(255.0)
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how a stage's trainers run."""
 
+    device: torch.device
+    seed: int
+    num_classes: int
+    channels_last: bool = False
+    progress: bool = True
+    eval_batch_size: int = 256
 
-def one_hot(y: torch.Tensor, num_classes: int) -> torch.Tensor:
-    return F.one_hot(y, num_classes).float()
-
-
-@dataclass
-class Plugin:
-    """A built plugin with where it came from, so a run-time failure can name it."""
-
-    obj: Any
-    info: PluginInfo
-    stage: str
-    spec: PluginSpec | None = field(default=None, kw_only=True)  # what params selected (for checkpoints)
-
-    def describe(self) -> str:
-        return self.spec.describe() if self.spec is not None else self.info.name
-
-    def __call__(self, *args: Any) -> Any:
-        try:
-            return self.obj(*args)
-        except (interrupts.StageInterrupted, DistillopsError):
-            raise
-        except Exception as exc:
-            raise PluginError(
-                f"{self.info.group} plugin '{self.info.name}' ({self.info.provenance}) raised during stage "
-                f"'{self.stage}': {type(exc).__name__}: {exc}"
-            ) from exc
-
-
-@dataclass
-class LossTerm(Plugin):
-    weight: float = 1.0
-
-
-def build_augmenters(specs: Sequence[PluginSpec], stage: str) -> list[Plugin]:
-    return [Plugin(*create("augmenters", spec), stage, spec=spec) for spec in specs]
-
-
-def build_losses(specs: Sequence[LossSpec], stage: str) -> list[LossTerm]:
-    return [LossTerm(*create("losses", spec), stage, spec.weight, spec=spec) for spec in specs]
-
-
-def plugin_tags(plugins: Sequence[Plugin]) -> dict[str, str]:
-    return {p.info.tag: p.info.provenance for p in plugins}
-
-
-@contextlib.contextmanager
-def feature_taps(model: nn.Module | None, names: Sequence[str]) -> Iterator[dict[str, torch.Tensor]]:
-    """Forward hooks that store the outputs of the named modules; removed on exit."""
-    store: dict[str, torch.Tensor] = {}
-    if model is None or not names:
-        yield store
-        return
-    modules = dict(model.named_modules())
-    missing = [n for n in names if n not in modules]
-    if missing:
-        available = ", ".join(n for n in modules if n) or "none"
-        raise PluginError(
-            f"loss asks for feature(s) {missing} which the model does not have; module names: {available}"
+    @classmethod
+    def from_params(cls, runtime: RuntimeParams, seed: int, num_classes: int) -> Runtime:
+        return cls(
+            setup_runtime(runtime, seed),
+            seed,
+            num_classes,
+            runtime.channels_last,
+            runtime.progress,
+            runtime.eval_batch_size,
         )
-    handles = []
-    for name in dict.fromkeys(names):
 
-        def hook(_m: nn.Module, _inp: Any, out: torch.Tensor, name: str = name) -> None:
-            store[name] = out
-
-        handles.append(modules[name].register_forward_hook(hook))
-    try:
-        yield store
-    finally:
-        for h in handles:
-            h.remove()
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
 
 
 @torch.no_grad()
 def predict_logits(
-    model: nn.Module, x: torch.Tensor, device: torch.device, batch_size: int = 1024
+    model: nn.Module,
+    x: torch.Tensor,
+    device: torch.device,
+    batch_size: int = 256,
+    memory_format: torch.memory_format = torch.contiguous_format,
 ) -> torch.Tensor:
     """Logits for uint8 images ``x`` (on CPU), in eval mode; returned on CPU."""
     was_training = model.training
     model.eval()
     out = [
-        model(to_float(x[i : i + batch_size].to(device))).float().cpu() for i in range(0, len(x), batch_size)
+        model(to_float(x[i : i + batch_size].to(device)).contiguous(memory_format=memory_format))
+        .float()
+        .cpu()
+        for i in range(0, len(x), batch_size)
     ]
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0)
@@ -192,12 +150,6 @@ def config_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _has_lazy(obj: Any) -> bool:
-    return isinstance(obj, nn.Module) and any(
-        isinstance(p, nn.parameter.UninitializedParameter) for p in obj.parameters()
-    )
-
-
 @dataclass
 class TrainResult:
     history: list[dict[str, float]]
@@ -206,120 +158,147 @@ class TrainResult:
 
 
 @dataclass
+class Progress:
+    """Where a fit stands: what a checkpoint saves and a resume restores."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # batches completed in the current epoch
+    history: list[dict[str, float]] = field(default_factory=list)
+    sums: dict[str, float] = field(default_factory=dict)  # running metric sums of the current epoch
+
+
+View = tuple[torch.Tensor, torch.Tensor]  # uint8 images, target rows
+
+
+@dataclass
 class Trainer:
-    """Trains ``model`` on ``train`` with a weighted sum of loss terms, validating on ``val``."""
+    """Trains ``model`` with ``losses`` (plus ``teacher`` when a loss needs one), validating each epoch."""
 
     stage: str
     model: nn.Module
-    losses: list[LossTerm]
+    losses: LossSet
     cfg: TrainParams
-    device: torch.device
-    seed: int
-    num_classes: int
-    augmenters: list[Plugin] = field(default_factory=list)
+    runtime: Runtime
+    augmenters: Sequence[Plugin] = ()
     teacher: nn.Module | None = None
-    checkpoint: Path | None = None
-    on_epoch: Callable[[int, dict[str, float]], None] | None = None
-    progress: bool = True
-    run_label: str = ""
-    channels_last: bool = False
-    # learning-rate multiplier per parameter name (e.g. a smaller one for transferred layers)
-    lr_scale: Callable[[str], float] | None = None
     # offline augmentation: K materialised copies of the training split, used in turn per epoch
     copies: AugmentedCopies | None = None
+    checkpoint: Path | None = None
+    label: str = ""
+    # learning-rate multiplier per parameter name (e.g. a smaller one for transferred layers)
+    lr_scale: Callable[[str], float] | None = None
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None
 
     def __post_init__(self) -> None:
-        self.teacher_passes = 0  # full passes of the teacher over a training view (cached logits)
-        self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-        self.model.to(self.device, memory_format=self.memory_format)
-        self.loss_modules = nn.ModuleList([t.obj for t in self.losses if isinstance(t.obj, nn.Module)]).to(
-            self.device
-        )
-        needs_teacher = [t.info.name for t in self.losses if requires_teacher(t.obj)]
-        if needs_teacher and self.teacher is None:
-            raise PluginError(
-                f"loss(es) {needs_teacher} need a teacher, but stage '{self.stage}' has none; "
-                f"use losses that do not need one (e.g. ce) here."
+        if self.copies is not None and self.augmenters:
+            raise DistillopsError(
+                f"stage '{self.stage}': offline copies and online augmenters are exclusive; pick one "
+                f"with augment.mode"
             )
+        self.losses.check_teacher(self.teacher is not None)
+        self.device = self.runtime.device
+        self.memory_format = self.runtime.memory_format
+        self.model.to(self.device, memory_format=self.memory_format)
+        self.losses.modules.to(self.device)
         if self.teacher is not None:
             self.teacher.to(self.device, memory_format=self.memory_format).eval()
             for p in self.teacher.parameters():
                 p.requires_grad_(False)
-        self.s_taps = tuple(dict.fromkeys(n for t in self.losses for n in student_taps(t.obj)))
-        self.t_taps = tuple(dict.fromkeys(n for t in self.losses for n in teacher_taps(t.obj)))
+        # fixed inputs (no online augmentation, no teacher features): one teacher pass per training view
+        # serves every epoch that uses it
+        self.cache_teacher = self.teacher is not None and not self.augmenters and not self.losses.teacher_taps
+        self.teacher_passes = 0
+        self._teacher_cache: dict[int, torch.Tensor] = {}
 
-    def _param_groups(self) -> list[dict[str, Any]]:
+    # --- the parts of fit ----------------------------------------------------------------------------
+    def _views(self, train: Split) -> list[View]:
+        """What epoch e trains on: view e mod len(views) (the split itself, or each offline copy)."""
+        if self.copies is not None:
+            return [
+                (torch.from_numpy(x), torch.from_numpy(t))
+                for x, t in map(self.copies.copy, range(len(self.copies)))
+            ]
+        return [(torch.from_numpy(train.x), one_hot(torch.from_numpy(train.y), self.runtime.num_classes))]
+
+    def _checkpoint_key(self, views: list[View]) -> str:
+        """A checkpoint resumes only the same settings, architecture, teacher and training data."""
+        return config_hash(
+            {
+                "stage": self.stage,
+                "run": self.label,
+                "cfg": self.cfg.__dict__,
+                "seed": self.runtime.seed,
+                "n": len(views[0][1]),
+                "losses": self.losses.fingerprint(),
+                "augment": [a.describe() for a in self.augmenters],
+                "copies": len(views) if self.copies is not None else 0,
+                "model": [(k, tuple(v.shape)) for k, v in self.model.state_dict().items()],
+                "teacher": digest(t.detach() for t in self.teacher.state_dict().values())
+                if self.teacher
+                else "",
+                "data": digest(t for view in views for t in view),
+            }
+        )
+
+    def _materialise_lazy(self, view: View) -> None:
+        """Loss modules built from lazy layers (e.g. a FitNets regressor sized from the features it
+        sees) get their parameters from one forward pass on two training images, before the optimizer
+        is built; the models run in eval mode so no BatchNorm statistics move."""
+        if not self.losses.has_lazy:
+            return
+        modes = [(m, m.training) for m in (self.model, self.teacher) if m is not None]
+        for m, _ in modes:
+            m.eval()
+        x = to_float(view[0][:2].to(self.device)).contiguous(memory_format=self.memory_format)
+        targets = view[1][:2].to(self.device)
+        try:
+            with torch.no_grad():
+                self._forward(x, targets, None)
+        finally:
+            for m, was_training in modes:
+                m.train(was_training)
+        self.losses.modules.to(self.device)
+
+    def _optimizer(self) -> torch.optim.Optimizer:
         """Trainable parameters of the model and of the loss modules, grouped by learning rate."""
         groups: dict[float, list[nn.Parameter]] = {}
         named = [
             *self.model.named_parameters(),
-            *(("loss." + n, p) for n, p in self.loss_modules.named_parameters()),
+            *(("loss." + n, p) for n, p in self.losses.modules.named_parameters()),
         ]
         for name, param in named:
             if param.requires_grad:
                 scale = self.lr_scale(name) if self.lr_scale is not None else 1.0
                 groups.setdefault(float(scale), []).append(param)
-        return [{"params": params, "lr": self.cfg.lr * scale} for scale, params in groups.items()]
+        return _make_optimizer(
+            [{"params": params, "lr": self.cfg.lr * scale} for scale, params in groups.items()], self.cfg
+        )
 
-    def _materialise_lazy(self, x: torch.Tensor, targets: torch.Tensor) -> None:
-        """Loss modules built from lazy layers (e.g. a FitNets regressor sized from the features it
-        sees) get their parameters from one forward pass on two training images, before the optimizer
-        is built; the models run in eval mode so no BatchNorm statistics move."""
-        lazy = [t for t in self.losses if _has_lazy(t.obj)]
-        if not lazy:
-            return
-        modes = [(m, m.training) for m in (self.model, self.teacher) if m is not None]
-        for m, _ in modes:
-            m.eval()
-        xb = to_float(x[:2].to(self.device)).contiguous(memory_format=self.memory_format)
-        tb = targets[:2].to(self.device)
-        try:
-            with (
-                torch.no_grad(),
-                feature_taps(self.teacher, self.t_taps) as t_feats,
-                feature_taps(self.model, self.s_taps) as s_feats,
-            ):
-                t_logits = self.teacher(xb) if self.teacher is not None else None
-                inputs = LossInputs(self.model(xb), t_logits, tb, tb.argmax(1), s_feats, t_feats)
-                for term in lazy:
-                    term(inputs)
-        finally:
-            for m, was_training in modes:
-                m.train(was_training)
-        self.loss_modules.to(self.device)
-
-    # --- checkpoints -------------------------------------------------------------------------------
     def _state(
-        self,
-        epoch: int,
-        step: int,
-        history: list,
-        acc: dict,
-        g: torch.Generator,
-        opt: torch.optim.Optimizer,
-        sched: Any,
-        key: str,
+        self, key: str, progress: Progress, opt: Any, sched: Any, g: torch.Generator
     ) -> dict[str, Any]:
         return {
             "key": key,
-            "epoch": epoch,
-            "step": step,
+            "epoch": progress.epoch,
+            "step": progress.step,
             "model": self.model.state_dict(),
-            "loss_modules": self.loss_modules.state_dict(),
+            "loss_modules": self.losses.modules.state_dict(),
             "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(),
             "aug_rng": g.get_state(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "history": json.dumps(history),
-            "acc": json.dumps(acc),
+            "history": json.dumps(progress.history),
+            "acc": json.dumps(progress.sums),
         }
 
-    def _save(self, state: dict[str, Any]) -> None:
+    def _save(self, key: str, progress: Progress, opt: Any, sched: Any, g: torch.Generator) -> None:
         if self.checkpoint is not None:
+            state = self._state(key, progress, opt, sched, g)
             write_with(self.checkpoint, lambda tmp: torch.save(state, tmp))
 
-    def _load(self, key: str) -> dict[str, Any] | None:
+    def _resume(self, key: str, opt: Any, sched: Any, g: torch.Generator) -> Progress | None:
+        """Restore a checkpoint written with the same key; None when there is none to resume."""
         if self.checkpoint is None or not self.checkpoint.exists():
             return None
         try:
@@ -330,139 +309,166 @@ class Trainer:
         if state.get("key") != key:
             print(f"[{self.stage}] checkpoint {self.checkpoint} is for other settings; starting afresh")
             return None
-        return state
+        self.model.load_state_dict(state["model"])
+        self.losses.modules.load_state_dict(state["loss_modules"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        g.set_state(state["aug_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"]:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        progress = Progress(
+            state["epoch"], state["step"], json.loads(state["history"]), json.loads(state["acc"])
+        )
+        print(
+            f"[{self.stage}] resuming {self.label or 'training'} from epoch {progress.epoch + 1}, "
+            f"batch {progress.step}"
+        )
+        return progress
 
-    # --- the loop ----------------------------------------------------------------------------------
+    def _teacher_logits(self, index: int, view: View) -> torch.Tensor | None:
+        """The cached teacher logits of a training view (computed at its first use), or None."""
+        if not self.cache_teacher:
+            return None
+        if index not in self._teacher_cache:
+            self._teacher_cache[index] = predict_logits(
+                self.teacher, view[0], self.device, self.runtime.eval_batch_size, self.memory_format
+            )
+            self.teacher_passes += 1
+        return self._teacher_cache[index]
+
+    def _run_epoch(
+        self,
+        epoch: int,
+        views: list[View],
+        progress: Progress,
+        opt: Any,
+        sched: Any,
+        g: torch.Generator,
+        key: str,
+    ) -> None:
+        """Train one epoch from ``progress.step``; on a signal, checkpoint and raise at a step boundary."""
+        cfg = self.cfg
+        index = epoch % len(views)
+        x_all, t_all = views[index]
+        cached = self._teacher_logits(index, views[index])
+        n = len(t_all)
+        batches = math.ceil(n / cfg.batch_size)
+        perm = _epoch_permutation(n, self.runtime.seed, epoch)
+        sums = progress.sums or {"loss": 0.0, "correct": 0, "seen": 0}
+        progress.sums = sums
+        bar = _progress(
+            self.runtime.progress and not interrupts.pending(),
+            batches,
+            progress.step,
+            f"{self.stage} {self.label} epoch {epoch + 1}/{cfg.epochs}".replace("  ", " "),
+        )
+        for step in range(progress.step, batches):
+            idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            readings = self._step(x_all[idx], t_all[idx], idx, g, opt, sched, cached)
+            b = len(idx)
+            sums["loss"] += readings[0] * b
+            sums["correct"] += int(readings[-1])
+            sums["seen"] += b
+            for name, value in zip(self.losses.names, readings[1:-1], strict=True):
+                sums[f"loss_{name}"] = sums.get(f"loss_{name}", 0.0) + value * b
+            bar.update(1)
+            if interrupts.pending() is not None:
+                bar.close()
+                progress.step = step + 1
+                self._save(key, progress, opt, sched, g)
+                print(
+                    f"[{self.stage}] interrupted: checkpoint saved at epoch {epoch + 1}, "
+                    f"batch {step + 1} -> {self.checkpoint}"
+                )
+                interrupts.check()
+        bar.close()
+
+    def _validate(self, val: Split, sums: dict[str, float], opt: Any) -> dict[str, float]:
+        """The epoch's metrics: training sums turned into means, plus loss and accuracy on ``val``."""
+        logits = predict_logits(
+            self.model, torch.from_numpy(val.x), self.device, self.runtime.eval_batch_size, self.memory_format
+        )
+        labels = torch.from_numpy(val.y)
+        seen = max(sums["seen"], 1)
+        return {
+            "train_loss": sums["loss"] / seen,
+            "train_accuracy": sums["correct"] / seen,
+            "val_loss": float(F.cross_entropy(logits, labels)),
+            "val_accuracy": accuracy(logits, labels),
+            "lr": opt.param_groups[0]["lr"],
+            **{k: v / seen for k, v in sums.items() if k.startswith("loss_")},
+        }
+
+    # --- the loop --------------------------------------------------------------------------------------
     def fit(self, train: Split, val: Split) -> TrainResult:
         """Train on ``train``, or, with offline augmentation, on copy ``epoch mod K`` of ``self.copies``."""
-        cfg, device, copies = self.cfg, self.device, self.copies
-        if copies is not None and self.augmenters:
-            raise DistillopsError(
-                f"stage '{self.stage}': offline copies and online augmenters are exclusive; pick one "
-                f"with augment.mode"
-            )
-        if copies is not None:
-            views = [
-                (torch.from_numpy(x), torch.from_numpy(t)) for x, t in map(copies.copy, range(len(copies)))
-            ]
-        else:
-            views = [(torch.from_numpy(train.x), one_hot(torch.from_numpy(train.y), self.num_classes))]
-        n = len(views[0][1])
-        if n == 0:
+        views = self._views(train)
+        if len(views[0][1]) == 0:
             raise DistillopsError(f"stage '{self.stage}': the training split is empty")
-        batches_per_epoch = math.ceil(n / cfg.batch_size)
-        self._materialise_lazy(*views[0])
-        opt = _make_optimizer(self._param_groups(), cfg)
-        sched = _make_scheduler(opt, cfg, cfg.epochs * batches_per_epoch)
-        g = torch.Generator(device=device).manual_seed(self.seed)
-        key = config_hash(
-            {
-                "stage": self.stage,
-                "run": self.run_label,
-                "cfg": cfg.__dict__,
-                "seed": self.seed,
-                "n": n,
-                "losses": [(t.describe(), t.weight) for t in self.losses],
-                "augment": [a.describe() for a in self.augmenters],
-                "copies": len(views) if copies is not None else 0,
-                # a checkpoint only resumes the same architecture, teacher and training data
-                "model": [(k, tuple(v.shape)) for k, v in self.model.state_dict().items()],
-                "teacher": digest(t.detach() for t in self.teacher.state_dict().values())
-                if self.teacher
-                else "",
-                "data": digest(t for view in views for t in view),
-            }
+        self._materialise_lazy(views[0])
+        opt = self._optimizer()
+        sched = _make_scheduler(
+            opt, self.cfg, self.cfg.epochs * math.ceil(len(views[0][1]) / self.cfg.batch_size)
         )
-        history: list[dict[str, float]] = []
-        start_epoch, start_step, acc = 0, 0, {}
-        resumed = None
-        state = self._load(key)
-        if state is not None:
-            self.model.load_state_dict(state["model"])
-            self.loss_modules.load_state_dict(state["loss_modules"])
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            g.set_state(state["aug_rng"])
-            torch.set_rng_state(state["torch_rng"])
-            if state["cuda_rng"]:
-                torch.cuda.set_rng_state_all(state["cuda_rng"])
-            start_epoch, start_step = state["epoch"], state["step"]
-            history, acc = json.loads(state["history"]), json.loads(state["acc"])
-            resumed = start_epoch
-            print(
-                f"[{self.stage}] resuming {self.run_label or 'training'} from epoch {start_epoch + 1}, "
-                f"batch {start_step}"
-            )
-
-        # when the inputs are fixed (no online augmentation, no teacher features), one teacher pass per
-        # training view (the split, or each offline copy) serves every epoch that uses it
-        cache_teacher = self.teacher is not None and not self.augmenters and not self.t_taps
-        teacher_cache: dict[int, torch.Tensor] = {}
+        g = torch.Generator(device=self.device).manual_seed(self.runtime.seed)
+        key = self._checkpoint_key(views)
+        progress = self._resume(key, opt, sched, g)
+        resumed_from = progress.epoch if progress is not None else None
+        progress = progress or Progress()
         self.teacher_passes = 0
-
+        self._teacher_cache.clear()
+        first_epoch = progress.epoch
+        label = f"{self.label} " if self.label else ""
         t0 = time.perf_counter()
         with interrupts.deferred():
-            for epoch in range(start_epoch, cfg.epochs):
+            for epoch in range(first_epoch, self.cfg.epochs):
                 self.model.train()
-                view = epoch % len(views)
-                x_all, t_all = views[view]
-                cached_teacher = None
-                if cache_teacher:
-                    if view not in teacher_cache:
-                        teacher_cache[view] = predict_logits(self.teacher, x_all, device)
-                        self.teacher_passes += 1
-                    cached_teacher = teacher_cache[view]
-                perm = _epoch_permutation(n, self.seed, epoch)
-                if not acc:
-                    acc = {"loss": 0.0, "correct": 0, "seen": 0}
-                bar = _progress(
-                    self.progress and not interrupts.pending(),
-                    batches_per_epoch,
-                    start_step,
-                    f"{self.stage} {self.run_label} epoch {epoch + 1}/{cfg.epochs}".replace("  ", " "),
-                )
-                for step in range(start_step, batches_per_epoch):
-                    idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-                    self._step(x_all[idx], t_all[idx], idx, g, opt, sched, acc, cached_teacher)
-                    bar.update(1)
-                    if interrupts.pending() is not None:
-                        bar.close()
-                        self._save(self._state(epoch, step + 1, history, acc, g, opt, sched, key))
-                        print(
-                            f"[{self.stage}] interrupted: checkpoint saved at epoch {epoch + 1}, "
-                            f"batch {step + 1} -> {self.checkpoint}"
-                        )
-                        interrupts.check()
-                bar.close()
-                start_step = 0
-                val_logits = predict_logits(self.model, torch.from_numpy(val.x), device)
-                val_labels = torch.from_numpy(val.y)
-                metrics = {
-                    "train_loss": acc["loss"] / max(acc["seen"], 1),
-                    "train_accuracy": acc["correct"] / max(acc["seen"], 1),
-                    "val_loss": float(F.cross_entropy(val_logits, val_labels)),
-                    "val_accuracy": accuracy(val_logits, val_labels),
-                    "lr": opt.param_groups[0]["lr"],
-                    **{k: v / max(acc["seen"], 1) for k, v in acc.items() if k.startswith("loss_")},
-                }
-                history.append({"epoch": epoch + 1, **metrics})
-                acc = {}
+                self._run_epoch(epoch, views, progress, opt, sched, g, key)
+                metrics = self._validate(val, progress.sums, opt)
+                progress.history.append({"epoch": epoch + 1, **metrics})
+                progress.epoch, progress.step, progress.sums = epoch + 1, 0, {}
                 print(
-                    f"[{self.stage}] {self.run_label + ' ' if self.run_label else ''}epoch {epoch + 1}/{cfg.epochs} "
+                    f"[{self.stage}] {label}epoch {epoch + 1}/{self.cfg.epochs} "
                     f"train_loss {metrics['train_loss']:.4f} val_accuracy {metrics['val_accuracy']:.4f}",
                     flush=True,
                 )
                 if self.on_epoch is not None:
                     self.on_epoch(epoch + 1, metrics)
-                self._save(self._state(epoch + 1, 0, history, acc, g, opt, sched, key))
+                self._save(key, progress, opt, sched, g)
                 interrupts.check()
-        if cache_teacher:
+        if self.cache_teacher:
             print(
-                f"[{self.stage}] {self.run_label + ' ' if self.run_label else ''}teacher logits: "
-                f"{self.teacher_passes} passes for {cfg.epochs - start_epoch} epochs "
-                f"({len(views)} training view{'s' if len(views) > 1 else ''})"
+                f"[{self.stage}] {label}teacher logits: {self.teacher_passes} passes for "
+                f"{self.cfg.epochs - first_epoch} epochs ({len(views)} training "
+                f"view{'s' if len(views) > 1 else ''})"
             )
-        return TrainResult(history, time.perf_counter() - t0, resumed)
+        return TrainResult(progress.history, time.perf_counter() - t0, resumed_from)
+
+    # --- one step --------------------------------------------------------------------------------------
+    def _forward(
+        self,
+        x: torch.Tensor,
+        targets: torch.Tensor,
+        cached: torch.Tensor | None,
+        idx: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(weighted loss, loss readings, student logits) for one batch of float images."""
+        labels = targets.argmax(1)
+        with (
+            feature_taps(self.teacher, self.losses.teacher_taps) as t_feats,
+            feature_taps(self.model, self.losses.student_taps) as s_feats,
+        ):
+            t_logits = None
+            if cached is not None:
+                t_logits = cached[idx].to(self.device, non_blocking=True)
+            elif self.teacher is not None:
+                with torch.no_grad():
+                    t_logits = self.teacher(x)
+            logits = self.model(x)
+            total, readings = self.losses(LossInputs(logits, t_logits, targets, labels, s_feats, t_feats))
+        correct = (logits.argmax(1) == labels).sum()
+        return total, torch.cat([readings, correct[None].to(readings.dtype)]), logits
 
     def _step(
         self,
@@ -472,57 +478,21 @@ class Trainer:
         g: torch.Generator,
         opt: torch.optim.Optimizer,
         sched: Any,
-        acc: dict,
-        cached_teacher: torch.Tensor | None,
-    ) -> None:
-        device = self.device
-        x = to_float(xb.to(device, non_blocking=True)).contiguous(memory_format=self.memory_format)
-        targets = tb.to(device)
+        cached: torch.Tensor | None,
+    ) -> list[float]:
+        """One update; returns ``[total loss, term 1, ..., correct predictions]`` on the host."""
+        x = to_float(xb.to(self.device, non_blocking=True)).contiguous(memory_format=self.memory_format)
+        targets = tb.to(self.device, non_blocking=True)
         for aug in self.augmenters:
             x, targets = aug(x, targets, g)
-        labels = targets.argmax(1)
-        with (
-            feature_taps(self.teacher, self.t_taps) as t_feats,
-            feature_taps(self.model, self.s_taps) as s_feats,
-        ):
-            t_logits = None
-            if cached_teacher is not None:
-                t_logits = cached_teacher[idx].to(device)
-            elif self.teacher is not None:
-                with torch.no_grad():
-                    t_logits = self.teacher(x)
-            logits = self.model(x)
-            inputs = LossInputs(logits, t_logits, targets, labels, s_feats, t_feats)
-            total = torch.zeros((), device=device)
-            terms = {}
-            for term in self.losses:
-                value = term(inputs)
-                if not torch.is_tensor(value) or value.dim() != 0:
-                    raise PluginError(
-                        f"losses plugin '{term.info.name}' ({term.info.provenance}) returned "
-                        f"{type(value).__name__} of shape {getattr(value, 'shape', '?')} in stage "
-                        f"'{self.stage}'; a loss must return a scalar tensor"
-                    )
-                key = term.info.name if term.info.name not in terms else f"{term.info.name}_{len(terms) + 1}"
-                terms[key] = value
-                total = total + term.weight * value
-        if not torch.isfinite(total):
-            bad = {k: float(v.detach()) for k, v in terms.items()}
-            raise TrainingDiverged(
-                f"stage '{self.stage}': the loss became {float(total.detach())} (terms: {bad}); "
-                f"training stopped before the update, no checkpoint was written with it. "
-                f"Lower the learning rate or check the loss plugins."
-            )
+        total, readings, _logits = self._forward(x, targets, cached, idx)
         opt.zero_grad(set_to_none=True)
         total.backward()
+        host = readings.tolist()  # the step's one host sync: the guard and the running metrics
+        self.losses.guard(host[:-1])
         opt.step()
         sched.step()
-        b = len(tb)
-        acc["loss"] += float(total.detach()) * b
-        acc["correct"] += int((logits.argmax(1) == labels).sum())
-        acc["seen"] += b
-        for name, value in terms.items():
-            acc[f"loss_{name}"] = acc.get(f"loss_{name}", 0.0) + float(value.detach()) * b
+        return host
 
 
 class _NoBar:

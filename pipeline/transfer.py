@@ -2,34 +2,28 @@
 
 The transferred model is the student architecture built for the target classes, with every weight
 copied from the distilled student except the head (``transfer.head``: module names, or ``auto`` for
-the fully connected layers after the last convolution), which starts fresh. The baseline is the same architecture, same seed,
-same target data and training, starting from random weights.
+the fully connected layers after the last convolution), which starts fresh. The baseline is the same
+architecture, same seed, same target data and training, starting from random weights.
 
-Outputs (``<paths.models>/transferred`` and ``<paths.models>/scratch``).
+Outputs (``paths.transferred`` and ``paths.scratch``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 from torch import nn
 
-from pipeline import stage, tracking
+from pipeline import layout, runner, tracking
 from pipeline.atomic import write_json
-from pipeline.data import IN_CHANNELS, NUM_CLASSES, load_splits
-from pipeline.distill import out_dir as student_dir
+from pipeline.data import NUM_CLASSES, load_splits
 from pipeline.errors import DistillopsError
-from pipeline.modelio import build_model, load_model
+from pipeline.loss_set import LossSet
+from pipeline.modelio import load_model
 from pipeline.params import Params
-from pipeline.prepare import TARGET_FILE
-from pipeline.training import build_losses, plugin_tags, setup_runtime
-
-VARIANTS = ("scratch", "transferred")
-
-
-def out_dir(params: Params, variant: str) -> Path:
-    return Path(params.paths.models) / variant
+from pipeline.runner import StageContext
+from pipeline.training import Runtime
+from pipeline.variants import Augmentation, Fitted, StageTraining, Variant
 
 
 def find_head(model: nn.Module, names: tuple[str, ...] = ("auto",)) -> tuple[str, ...]:
@@ -89,68 +83,70 @@ def _body_lr_scale(head: tuple[str, ...], scale: float) -> Callable[[str], float
     return lambda name: 1.0 if _in(name, head) else scale
 
 
-def run(params: Params, params_file: Path) -> dict[str, stage.Fitted]:
-    cfg = params.transfer
-    device = setup_runtime(params.runtime, params.seed)
-    splits = load_splits(Path(params.paths.prepared) / TARGET_FILE)
-    source, _meta = load_model(student_dir(params, "student"), "cpu")
-    losses = build_losses(cfg.losses, "transfer")
-    aug = stage.augmentation(params, cfg.augment, "transfer")  # another dataset: always online
-    _, model_info = build_model(params.student.model, NUM_CLASSES, IN_CHANNELS)
-    tags = {**plugin_tags([*losses, *aug.plugins]), model_info.tag: model_info.provenance}
-    fitted: dict[str, stage.Fitted] = {}
-    with tracking.stage_run("transfer", params, params_file, tags) as tracker:
-        for variant in VARIANTS:
-            setup_runtime(params.runtime, params.seed)
-            model, _ = build_model(params.student.model, NUM_CLASSES, IN_CHANNELS)
-            lr_scale = None
-            if variant == "transferred":
-                head = find_head(model, cfg.head)
-                report = transfer_weights(source, model, head)
-                write_json(out_dir(params, variant) / "transfer.json", {"head": list(head), **report})
-                tracker.log_metrics(
-                    {"copied_tensors": len(report["copied"]), "fresh_tensors": len(report["fresh"])}
-                )
-                print(
-                    f"[transfer] copied {len(report['copied'])} tensors from the distilled student; "
-                    f"head {list(head)} starts fresh ({len(report['fresh'])} tensors)"
-                )
-                lr_scale = _body_lr_scale(head, cfg.body_lr_scale)
-            trainer = stage.make_trainer(
-                params,
-                "transfer",
-                f"transfer-{variant}",
-                model,
-                losses,
-                cfg,
-                aug.online,
-                device,
-                label=variant,
-                lr_scale=lr_scale,
-            )
-            fitted[variant] = stage.fit_variant(
-                tracker,
-                variant,
-                tags,
-                trainer,
-                splits["finetune"],
-                splits,
-                out_dir(params, variant),
-                params.student.model,
-                model_info,
-            )
-        gain = fitted["transferred"].test_accuracy - fitted["scratch"].test_accuracy
-        tracker.log_metrics({"transfer_gain": gain})
+class CopyFrom:
+    """The transferred variant's initialisation: every weight of ``source`` but the head's, which
+    starts fresh; copied layers then learn at ``transfer.body_lr_scale`` times the learning rate."""
+
+    def __init__(self, source: nn.Module, params: Params) -> None:
+        self.source, self.params = source, params
+        self.report: dict[str, list[str]] = {"copied": [], "fresh": []}
+
+    def __call__(self, model: nn.Module) -> Callable[[str], float]:
+        cfg = self.params.transfer
+        head = find_head(model, cfg.head)
+        self.report = transfer_weights(self.source, model, head)
+        write_json(
+            layout.model_dir(self.params, "transferred") / "transfer.json",
+            {"head": list(head), **self.report},
+        )
         print(
-            f"[transfer] transferred {fitted['transferred'].test_accuracy:.4f} vs scratch "
-            f"{fitted['scratch'].test_accuracy:.4f}: gain {gain * 100:+.2f} pt "
-            f"({len(splits['finetune'])} labelled target images)"
+            f"[transfer] copied {len(self.report['copied'])} tensors from the distilled student; "
+            f"head {list(head)} starts fresh ({len(self.report['fresh'])} tensors)"
+        )
+        return _body_lr_scale(head, cfg.body_lr_scale)
+
+
+def run(ctx: StageContext) -> dict[str, Fitted]:
+    params, cfg = ctx.params, ctx.params.transfer
+    runtime = Runtime.from_params(params.runtime, params.seed, NUM_CLASSES)
+    splits = load_splits(layout.prepared(params, layout.TARGET_FILE))
+    source, _meta = load_model(layout.model_dir(params, "student"), "cpu")
+    training = StageTraining(
+        "transfer",
+        params,
+        cfg,
+        ctx.plugins.model("student.model"),
+        runtime,
+        splits,
+        train_split="finetune",
+        # another dataset than the one the offline copies were made from: always online
+        augmentation=Augmentation.for_stage(params, ctx.plugins.augmenters(), cfg.augment, "transfer", None),
+    )
+    losses = ctx.plugins.losses("transfer.losses")
+    copy = CopyFrom(source, params)
+    variants = [
+        Variant("scratch", LossSet.build(losses, "transfer")),
+        Variant("transferred", LossSet.build(losses, "transfer"), init=copy),
+    ]
+    with tracking.stage_run("transfer", params, ctx.params_file, training.tags(variants)) as tracker:
+        fitted = training.run(tracker, variants)
+        transferred, scratch = fitted["transferred"].test_accuracy, fitted["scratch"].test_accuracy
+        tracker.log_metrics(
+            {
+                "copied_tensors": len(copy.report["copied"]),
+                "fresh_tensors": len(copy.report["fresh"]),
+                "transfer_gain": transferred - scratch,
+            }
+        )
+        print(
+            f"[transfer] transferred {transferred:.4f} vs scratch {scratch:.4f}: gain "
+            f"{(transferred - scratch) * 100:+.2f} pt ({len(splits['finetune'])} labelled target images)"
         )
     return fitted
 
 
 def main(argv: list[str] | None = None) -> None:
-    stage.main("transfer", run, argv)
+    runner.main("transfer", run, argv)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,24 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
+def repo_params():
+    """The repository's params.yaml, parsed."""
+    from pipeline.params import load_params
+
+    return load_params(REPO / "params.yaml")
+
+
+def train_cfg(**overrides: object):
+    """TrainParams for unit tests: the distill section of params.yaml with ``overrides``."""
+    import dataclasses
+
+    from pipeline.params import TrainParams
+
+    distill = repo_params().distill
+    base = {f.name: getattr(distill, f.name) for f in dataclasses.fields(TrainParams)}
+    return TrainParams(**{**base, **overrides})
+
+
 def tiny_params_dict(**overrides: object) -> dict:
     """The repository's params.yaml shrunk to a smoke-test size (a few hundred samples, one epoch)."""
     p = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -81,6 +99,9 @@ def fake_dist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Calla
             (root / filename).write_text(textwrap.dedent(source))
             created.append(filename.removesuffix(".py"))
         importlib.invalidate_caches()
+        from pipeline import registry
+
+        registry.rescan()
         return info
 
     yield make
@@ -88,4 +109,4 @@ def fake_dist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Calla
         sys.modules.pop(mod, None)
     from pipeline import registry
 
-    registry._load.cache_clear()
+    registry.rescan()

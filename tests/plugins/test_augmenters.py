@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.params import PluginSpec
-from pipeline.registry import create
+from pipeline.selection import create
 from plugins.augmenters import POLICY_OPS
 
 NEW = ("affine", "color_jitter", "resized_crop", "randaugment", "trivialaugment")

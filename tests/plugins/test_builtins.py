@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from pipeline.params import PluginSpec
 from pipeline.protocols import LossInputs
-from pipeline.registry import create
+from pipeline.selection import create
 
 
 def aug(name: str, **kwargs):

@@ -14,7 +14,7 @@ from pipeline import plugin_checks, registry
 from pipeline.errors import PluginError
 from pipeline.params import PluginSpec
 from pipeline.protocols import LossInputs, requires_teacher, student_taps, teacher_taps
-from pipeline.registry import create
+from pipeline.selection import create
 from pipeline.training import feature_taps
 from plugins.models import MLP, LeNet5, ResNet8
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from pipeline.errors import PluginError
 from pipeline.params import PluginSpec
-from pipeline.registry import create
+from pipeline.selection import create
 from pipeline.transfer import find_head
 
 

@@ -174,6 +174,30 @@ def test_second_repro_does_nothing(repro, pipeline_env):
     print(f"second dvc repro: {elapsed:.1f} s")
 
 
+@pytest.mark.parametrize(
+    ("module", "changed"),
+    [
+        ("pipeline/variants.py", {"teacher", "distill", "transfer"}),  # how a stage trains its models
+        ("pipeline/loss_set.py", {"teacher", "distill", "transfer", "evaluate"}),
+        ("pipeline/onnx_model.py", {"export", "evaluate"}),
+        ("pipeline/tracking.py", set()),  # result-neutral: only what is logged
+    ],
+)
+def test_editing_core_code_marks_exactly_its_stages_changed(repro, pipeline_env, module, changed):
+    repo, _ = repro
+    path = repo / module
+    original = path.read_text()
+    path.write_text(original + "\n# an edit\n")
+    try:
+        status = sh(["dvc", "status", "--json"], repo, pipeline_env)
+        reported = set(json.loads(status.stdout or "{}"))
+    finally:
+        path.write_text(original)
+    # a changed stage makes the ones that depend on its outputs changed too only after it reruns, so
+    # `dvc status` lists exactly the stages whose own deps include the module
+    assert reported == changed
+
+
 def test_failed_stage_leaves_lock_and_previous_outputs_in_place(repro, pipeline_env):  # behaviour 1
     repo, _ = repro
     lock = (repo / "dvc.lock").read_text()

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from pipeline.errors import DistillopsError
-from pipeline.export import check_parity, export_onnx, ort_session
+from pipeline.onnx_model import check_parity, export_onnx, ort_session
 from pipeline.params import PluginSpec
-from pipeline.registry import create
+from pipeline.selection import create
 from pipeline.transfer import find_head, transfer_weights
 
 

@@ -11,12 +11,15 @@ from torch import nn
 
 from pipeline import offline_copies
 from pipeline.errors import DataError, DistillopsError
-from pipeline.params import LossSpec, Params, PluginSpec, TrainParams
+from pipeline.loss_set import LossSet
+from pipeline.params import LossSpec, PluginSpec
 from pipeline.protocols import LossInputs
-from pipeline.training import LossTerm, Trainer, build_augmenters, build_losses
-from tests.unit.test_training import CPU, fake_info, student, toy_split
+from pipeline.selection import Plugin
+from pipeline.training import Trainer
+from tests.conftest import repo_params, train_cfg
+from tests.unit.test_training import RUNTIME, build_augmenters, build_losses, fake_info, student, toy_split
 
-CFG = TrainParams(epochs=4, batch_size=32, lr=3e-3)
+CFG = train_cfg(epochs=4, batch_size=32, lr=3e-3)
 
 
 def make_copies(split, ops, k=2, seed=0):
@@ -45,7 +48,7 @@ def test_label_mixing_copies_keep_soft_rows():
 
 def test_write_and_load_round_trip_and_clear_errors(tmp_path):
     split = toy_split(64, 0)
-    params = Params()
+    params = repo_params()
     copies = make_copies(split, [PluginSpec("flip")])
     with pytest.raises(DataError, match="dvc repro prepare"):
         offline_copies.load(tmp_path, len(split))
@@ -78,12 +81,9 @@ def distill_trainer(teacher, copies=None, augs=(), cfg=CFG, losses=None):
         student(),
         losses or build_losses(specs, "distill"),
         cfg,
-        CPU,
-        0,
-        10,
-        list(augs),
+        RUNTIME,
+        augmenters=list(augs),
         teacher=teacher,
-        progress=False,
         copies=copies,
     )
 
@@ -116,9 +116,8 @@ def test_copies_of_the_plain_split_train_exactly_like_the_plain_split():
 def test_offline_copies_and_online_augmenters_are_exclusive():
     train = toy_split(32, 0)
     copies = make_copies(train, [PluginSpec("flip")], k=1)
-    t = distill_trainer(student(1).eval(), copies, augs=build_augmenters([PluginSpec("flip")], "distill"))
     with pytest.raises(DistillopsError, match="exclusive"):
-        t.fit(train, toy_split(16, 1))
+        distill_trainer(student(1).eval(), copies, augs=build_augmenters([PluginSpec("flip")], "distill"))
 
 
 class LazyHint(nn.Module):
@@ -139,12 +138,12 @@ class LazyHint(nn.Module):
 def test_lazy_loss_parameters_are_materialised_trained_and_checkpointed(tmp_path):
     train, val = toy_split(64, 0), toy_split(32, 1)
     hint = LazyHint()
-    losses = [LossTerm(hint, fake_info("losses", "lazy_hint"), "distill", 1.0)]
+    losses = LossSet([(Plugin(hint, fake_info("losses", "lazy_hint"), "distill"), 1.0)], "distill")
     teacher = student(1).eval()
-    t = distill_trainer(teacher, losses=losses, cfg=TrainParams(epochs=1, batch_size=32))
+    t = distill_trainer(teacher, losses=losses, cfg=train_cfg(epochs=1, batch_size=32))
     t.checkpoint = tmp_path / "c.pt"
     bn_before = {k: v.clone() for k, v in t.model.state_dict().items()}
-    t._materialise_lazy(torch.from_numpy(train.x), torch.eye(10)[train.y])
+    t._materialise_lazy((torch.from_numpy(train.x), torch.eye(10)[train.y]))
     assert hint.regressor.weight.shape == (16, 84)  # 84 = lenet5 classifier output
     assert all(torch.equal(bn_before[k], v) for k, v in t.model.state_dict().items())  # no update, eval mode
     w0 = hint.regressor.weight.detach().clone()

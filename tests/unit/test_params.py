@@ -10,14 +10,53 @@ from pipeline.params import LossSpec, Params, PluginSpec, flatten, load_params, 
 from tests.conftest import REPO
 
 
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return out
+
+
 def write(tmp_path: Path, data: dict) -> Path:
+    """The repository's params.yaml with ``data`` merged over it."""
     path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(data))
+    path.write_text(yaml.safe_dump(_merge(yaml.safe_load((REPO / "params.yaml").read_text()), data)))
     return path
 
 
-def test_repository_params_file_parses_and_matches_dataclass_defaults():
-    assert load_params(REPO / "params.yaml") == Params()
+def test_repository_params_file_parses():
+    p = load_params(REPO / "params.yaml")
+    assert isinstance(p, Params) and p.distill.losses[0].name == "kd"
+
+
+def test_a_missing_key_is_named(tmp_path):
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    del raw["distill"]["epochs"]
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ParamsError, match=r"distill\.epochs: missing"):
+        load_params(path)
+
+
+@pytest.mark.parametrize(
+    "content, says",
+    [
+        (b"seed: 0\nname: caf\xe9\n", "not UTF-8"),  # Latin-1
+        (b"seed: [0\n", "not valid YAML"),
+    ],
+)
+def test_an_unreadable_params_file_gets_one_line_naming_it(tmp_path, content, says):
+    path = tmp_path / "params.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ParamsError) as err:
+        load_params(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: ") and says in message and "\n" not in message
+
+
+def test_a_folder_instead_of_a_params_file_is_named(tmp_path):
+    with pytest.raises(ParamsError, match="cannot be read"):
+        load_params(tmp_path)
 
 
 def test_every_default_in_params_yaml_has_a_comment_saying_why():
@@ -92,15 +131,14 @@ def test_missing_file_and_bad_yaml(tmp_path):
         load_params(bad)
 
 
-def test_plugin_selections_parse_with_kwargs_and_weights():
-    p = parse_params(
-        {
-            "augment": {"ops": [{"name": "rotation", "degrees": 10}, "flip"]},
-            "distill": {"losses": [{"name": "kd", "weight": 0.9, "temperature": 2}, {"name": "ce"}]},
-            "data": {"train_limit": None, "test_limit": 100},
-            "teacher": {"lr": 1},
-        }
-    )
+def test_plugin_selections_parse_with_kwargs_and_weights(tmp_path):
+    over = {
+        "augment": {"ops": [{"name": "rotation", "degrees": 10}, "flip"]},
+        "distill": {"losses": [{"name": "kd", "weight": 0.9, "temperature": 2}, {"name": "ce"}]},
+        "data": {"train_limit": None, "test_limit": 100},
+        "teacher": {"lr": 1},
+    }
+    p = parse_params(yaml.safe_load(write(tmp_path, over).read_text()))
     assert p.augment.ops == (PluginSpec("rotation", {"degrees": 10}), PluginSpec("flip", {}))
     assert p.distill.losses[0] == LossSpec("kd", {"temperature": 2}, 0.9)
     assert p.distill.losses[1].weight == 1.0
@@ -109,14 +147,14 @@ def test_plugin_selections_parse_with_kwargs_and_weights():
 
 
 def test_params_are_frozen():
-    p = Params()
+    p = load_params(REPO / "params.yaml")
     with pytest.raises(AttributeError):
         p.seed = 3  # type: ignore[misc]
 
 
 def test_flatten_gives_dotted_keys_for_logging():
-    flat = flatten(Params())
+    flat = flatten(load_params(REPO / "params.yaml"))
     assert flat["teacher.model.name"] == "resnet8"
     assert flat["distill.losses.0.name"] == "kd"
-    assert flat["distill.losses.0.weight"] == Params().distill.losses[0].weight
+    assert flat["distill.losses.0.weight"] == load_params(REPO / "params.yaml").distill.losses[0].weight
     assert flat["data.train_limit"] is None

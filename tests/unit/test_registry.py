@@ -14,6 +14,7 @@ from pipeline import registry
 from pipeline.cli import plugin_rows
 from pipeline.errors import PluginError
 from pipeline.params import PluginSpec
+from pipeline.selection import Selected, create
 
 GOOD_LOSS = """
 def huber(delta: float = 1.0):
@@ -53,7 +54,7 @@ def test_third_party_plugin_builds_and_reports_its_distribution(fake_dist):
         {"distillops.losses": {"huber": "acme_losses:huber"}},
         {"acme_losses.py": GOOD_LOSS},
     )
-    loss, info = registry.create("losses", PluginSpec("huber", {"delta": 0.5}))
+    loss, info = create("losses", PluginSpec("huber", {"delta": 0.5}))
     assert callable(loss)
     assert info.provenance == "acme-losses==1.2.0"
 
@@ -70,9 +71,9 @@ def test_broken_import_is_listed_as_broken_and_others_keep_working(fake_dist):  
     assert "acme-broken==0.3" in rows["broken"]["status"]
     assert "ModuleNotFoundError" in rows["broken"]["status"]
     assert rows["kd"]["status"] == "ok"
-    registry.create("losses", PluginSpec("kd"))  # still works
+    create("losses", PluginSpec("kd"))  # still works
     with pytest.raises(PluginError) as err:
-        registry.create("losses", PluginSpec("broken"))
+        create("losses", PluginSpec("broken"))
     message = str(err.value)
     assert "acme-broken==0.3" in message
     assert "broken = acme_broken:factory" in message
@@ -90,7 +91,7 @@ def test_non_callable_entry_point_is_reported_the_same_way(fake_dist):  # behavi
     assert "not callable" in rows["const"]["status"] and "acme-const==2.0" in rows["const"]["status"]
     assert rows["flip"]["status"] == "ok"
     with pytest.raises(PluginError, match=r"const = acme_const:VALUE.*acme-const==2.0.*not callable"):
-        registry.create("augmenters", PluginSpec("const"))
+        create("augmenters", PluginSpec("const"))
 
 
 def test_same_name_from_two_distributions_fails_naming_both(fake_dist):  # behaviour 16
@@ -107,36 +108,36 @@ def test_same_name_from_two_distributions_fails_naming_both(fake_dist):  # behav
         {"acme_b.py": GOOD_LOSS.replace("huber", "f")},
     )
     with pytest.raises(PluginError) as err:
-        registry.create("losses", PluginSpec("twin"))
+        create("losses", PluginSpec("twin"))
     assert "acme-a==1.0" in str(err.value) and "acme-b==2.0" in str(err.value)
     rows = {r["name"]: r for r in plugin_rows() if r["group"] == "losses"}
     assert rows["twin"]["status"].startswith("conflict")
-    registry.create("losses", PluginSpec("ce"))  # the rest of the group is unaffected
+    create("losses", PluginSpec("ce"))  # the rest of the group is unaffected
 
 
 def test_unknown_name_lists_available_and_suggests():
     with pytest.raises(PluginError) as err:
-        registry.create("losses", PluginSpec("kdd"))
+        create("losses", PluginSpec("kdd"))
     assert "Did you mean 'kd'?" in str(err.value)
     assert "ce" in str(err.value)
 
 
 def test_unknown_keyword_lists_accepted_ones():
     with pytest.raises(PluginError) as err:
-        registry.create("losses", PluginSpec("kd", {"temp": 3}))
+        create("losses", PluginSpec("kd", {"temp": 3}))
     assert "'temp'" in str(err.value) and "temperature" in str(err.value)
 
 
 def test_model_factories_get_classes_and_channels_but_users_cannot_pass_them():
-    model, _ = registry.create("models", PluginSpec("lenet5"), num_classes=7, in_channels=1)
+    model, _ = create("models", PluginSpec("lenet5"), num_classes=7, in_channels=1)
     assert model.fc.out_features == 7
     with pytest.raises(PluginError, match="num_classes"):
-        registry.resolve("models", PluginSpec("lenet5", {"num_classes": 3}))
+        Selected.resolve("student.model", "models", PluginSpec("lenet5", {"num_classes": 3}))
 
 
 def test_factory_error_at_build_names_plugin():
     with pytest.raises(PluginError, match=r"kd.*temperature must be > 0"):
-        registry.create("losses", PluginSpec("kd", {"temperature": -1}))
+        create("losses", PluginSpec("kd", {"temperature": -1}))
 
 
 def test_cli_plugins_list_json():

@@ -10,7 +10,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline import interrupts, tracking
-from pipeline.params import Params
+from tests.conftest import repo_params
 
 
 def runs(uri: str, experiment: str = "tests"):
@@ -23,12 +23,12 @@ def test_stage_run_tags_parent_and_params(mlflow_store, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text("seed: 0\n")
     with tracking.stage_run(
-        "teacher", Params(), "params.yaml", {"plugins.losses.ce": "distillops==0.1.0"}
+        "teacher", repo_params(), "params.yaml", {"plugins.losses.ce": "distillops==0.1.0"}
     ) as t:
         t.log_metrics({"val_accuracy": 0.5}, step=1)
         with t.variant("student_alone", {"plugins.losses.ce": "distillops==0.1.0"}) as v:
             v.log_metrics({"val_accuracy": 0.4}, step=1)
-    with tracking.stage_run("distill", Params(), "params.yaml"):
+    with tracking.stage_run("distill", repo_params(), "params.yaml"):
         pass
     client, all_runs = runs(mlflow_store)
     by_name = {r.info.run_name: r for r in all_runs}
@@ -51,7 +51,7 @@ def test_stage_run_tags_parent_and_params(mlflow_store, tmp_path, monkeypatch):
 
 def test_exception_marks_run_failed(mlflow_store, tmp_path, monkeypatch):  # behaviour 5
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ValueError), tracking.stage_run("teacher", Params()):
+    with pytest.raises(ValueError), tracking.stage_run("teacher", repo_params()):
         raise ValueError("boom")
     _, all_runs = runs(mlflow_store)
     assert next(r for r in all_runs if r.info.run_name == "teacher").info.status == "FAILED"
@@ -59,7 +59,7 @@ def test_exception_marks_run_failed(mlflow_store, tmp_path, monkeypatch):  # beh
 
 def test_interrupt_marks_run_killed(mlflow_store, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(interrupts.StageInterrupted), tracking.stage_run("teacher", Params()):
+    with pytest.raises(interrupts.StageInterrupted), tracking.stage_run("teacher", repo_params()):
         raise interrupts.StageInterrupted(15)
     _, all_runs = runs(mlflow_store)
     assert next(r for r in all_runs if r.info.run_name == "teacher").info.status == "KILLED"
@@ -80,7 +80,7 @@ def test_runs_left_running_by_dead_process_are_marked_killed(
     alive = client.create_run(
         exp_id, run_name="alive", tags={"distillops.host": host, "distillops.pid": str(os.getpid())}
     )
-    with tracking.stage_run("prepare", Params()):
+    with tracking.stage_run("prepare", repo_params()):
         pass
     assert client.get_run(orphan.info.run_id).info.status == "KILLED"
     assert client.get_run(alive.info.run_id).info.status == "RUNNING"
@@ -100,7 +100,7 @@ def test_default_store_is_sqlite_at_repo_root_also_from_dvc_temp_copy(tmp_path, 
 def test_only_rank_zero_tracks(tmp_path, monkeypatch, mlflow_store):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("RANK", "1")
-    with tracking.stage_run("teacher", Params()) as t:
+    with tracking.stage_run("teacher", repo_params()) as t:
         assert not t.active
         t.log_metrics({"x": 1.0})
     assert MlflowClient(mlflow_store).get_experiment_by_name("tests") is None

@@ -9,19 +9,24 @@ import torch
 from pipeline import interrupts
 from pipeline.data import Split
 from pipeline.errors import PluginError, TrainingDiverged
-from pipeline.params import LossSpec, PluginSpec, TrainParams
-from pipeline.registry import PluginInfo, create
-from pipeline.training import (
-    LossTerm,
-    Plugin,
-    Trainer,
-    build_augmenters,
-    build_losses,
-    feature_taps,
-)
+from pipeline.loss_set import LossSet, feature_taps
+from pipeline.params import LossSpec, PluginSpec
+from pipeline.registry import PluginInfo
+from pipeline.selection import Plugin, create
+from pipeline.training import Runtime, Trainer
+from tests.conftest import train_cfg
 
 CPU = torch.device("cpu")
-CFG = TrainParams(epochs=2, batch_size=32, lr=3e-3)
+CFG = train_cfg(epochs=2, batch_size=32, lr=3e-3, augment=True)
+RUNTIME = Runtime(CPU, 0, 10, progress=False)
+
+
+def build_losses(specs, stage):
+    return LossSet.from_specs(specs, stage)
+
+
+def build_augmenters(specs, stage):
+    return [Plugin(*create("augmenters", spec), stage, spec=spec) for spec in specs]
 
 
 def toy_split(n: int, seed: int) -> Split:
@@ -48,13 +53,10 @@ def trainer(model, losses=None, augs=None, checkpoint=None, cfg=CFG, teacher=Non
         model,
         losses or build_losses([LossSpec("ce")], "teacher"),
         cfg,
-        CPU,
-        0,
-        10,
-        augs if augs is not None else build_augmenters([PluginSpec("flip")], "teacher"),
+        RUNTIME,
+        augmenters=augs if augs is not None else build_augmenters([PluginSpec("flip")], "teacher"),
         teacher=teacher,
         checkpoint=checkpoint,
-        progress=False,
     )
 
 
@@ -131,7 +133,7 @@ def test_nan_loss_stops_within_a_step_and_writes_no_checkpoint(tmp_path):  # beh
     nan_loss.requires_teacher = False
     model = student()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    losses = [LossTerm(nan_loss, fake_info("losses", "nanny"), "teacher", 1.0)]
+    losses = LossSet([(Plugin(nan_loss, fake_info("losses", "nanny"), "teacher"), 1.0)], "teacher")
     with pytest.raises(TrainingDiverged, match="nan"):
         trainer(model, losses, checkpoint=tmp_path / "c.pt").fit(toy_split(64, 0), toy_split(32, 1))
     assert len(calls) == 1
@@ -154,7 +156,7 @@ def test_plugin_raising_at_run_time_names_plugin_and_stage():  # behaviour 17
 def test_checkpoint_for_other_settings_is_not_resumed(tmp_path):
     ckpt = tmp_path / "c.pt"
     trainer(student(), checkpoint=ckpt).fit(toy_split(64, 0), toy_split(32, 1))
-    other = TrainParams(epochs=2, batch_size=16, lr=3e-3)
+    other = train_cfg(epochs=2, batch_size=16, lr=3e-3)
     result = trainer(student(), checkpoint=ckpt, cfg=other).fit(toy_split(64, 0), toy_split(32, 1))
     assert result.resumed_from is None
 

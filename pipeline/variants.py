@@ -1,0 +1,173 @@
+"""Train "these variants of one model" and keep each: the teacher stage's one model, distill's student
+with and without the teacher, transfer's copied and from-scratch students.
+
+Every variant of a stage shares the architecture, data, augmentation, optimiser settings and seed (the
+model is re-seeded before it is built, so all start from the same weights unless ``Variant.init`` copies
+others in); only its losses, its teacher and its initialisation differ. Each is trained by the one
+:class:`~pipeline.training.Trainer`, tested, saved to its ``paths.<name>`` folder, and logged: to the
+stage's MLflow run, and, when a stage trains several, also to a nested run per variant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pipeline import layout
+from pipeline.atomic import write_text
+from pipeline.data import IN_CHANNELS, Split
+from pipeline.loss_set import LossSet
+from pipeline.modelio import save_model, save_weights
+from pipeline.offline_copies import AugmentedCopies, load
+from pipeline.params import Params, TrainParams
+from pipeline.selection import Plugin, Selected, plugin_tags
+from pipeline.tracking import Tracker
+from pipeline.training import Runtime, Trainer, accuracy, history_csv, predict_logits
+
+
+@dataclass
+class Augmentation:
+    """What a stage augments with: ``online`` augmenters for the trainer, or the offline ``copies``
+    prepare materialised; ``plugins`` are the augmenters either way (for the run's tags)."""
+
+    online: list[Plugin] = field(default_factory=list)
+    copies: AugmentedCopies | None = None
+    plugins: list[Plugin] = field(default_factory=list)
+
+    @classmethod
+    def for_stage(
+        cls, params: Params, selected: Sequence[Selected], enabled: bool, stage: str, train: Split | None
+    ) -> Augmentation:
+        """``train`` is the split the offline copies were made from; None where copies do not apply
+        (the transfer stage trains on another dataset, so it always augments online)."""
+        if not enabled:
+            return cls()
+        plugins = [sel.build(stage) for sel in selected]
+        if params.augment.mode == "offline" and train is not None:
+            return cls([], load(Path(params.paths.augmented), len(train)), plugins)
+        return cls(plugins, None, plugins)
+
+
+@dataclass
+class Variant:
+    name: str  # the model's name: its output folder is paths.<name>
+    losses: LossSet
+    teacher: nn.Module | None = None
+    # prepares the freshly built model (e.g. copies weights in); may return a learning-rate scale per
+    # parameter name
+    init: Callable[[nn.Module], Callable[[str], float] | None] | None = None
+
+
+@dataclass
+class Fitted:
+    model: nn.Module
+    history: list[dict[str, float]]
+    test_accuracy: float
+    seconds: float
+
+
+@dataclass
+class StageTraining:
+    """What the variants of one stage share."""
+
+    stage: str
+    params: Params
+    cfg: TrainParams
+    model: Selected
+    runtime: Runtime
+    splits: dict[str, Split]
+    train_split: str = "train"
+    augmentation: Augmentation = field(default_factory=Augmentation)
+
+    def tags(self, variants: Sequence[Variant]) -> dict[str, str]:
+        """Plugin tags of the augmentation, the variants' losses and the model."""
+        plugins = [*self.augmentation.plugins, *(p for v in variants for p in v.losses.plugins)]
+        return {**plugin_tags(plugins), self.model.info.tag: self.model.info.provenance}
+
+    def run(self, tracker: Tracker, variants: Sequence[Variant]) -> dict[str, Fitted]:
+        nested = len(variants) > 1
+        fitted = {}
+        for variant in variants:
+            if nested:
+                with tracker.variant(variant.name, self.tags([variant])) as own:
+                    fitted[variant.name] = self._fit(variant, [tracker, own], prefix=f"{variant.name}.")
+            else:
+                fitted[variant.name] = self._fit(variant, [tracker], prefix="")
+        return fitted
+
+    def _fit(self, variant: Variant, trackers: list[Tracker], prefix: str) -> Fitted:
+        """Train, test, save (weights, sidecar, history, loss modules) and log one variant.
+
+        ``trackers[0]`` (the stage run) gets metrics with ``prefix``; a variant's own run gets them bare.
+        """
+        nested = len(trackers) > 1
+
+        def log(metrics: dict[str, float], step: int | None = None) -> None:
+            for i, tracker in enumerate(trackers):
+                tracker.log_metrics(
+                    {f"{prefix if i == 0 else ''}{k}": v for k, v in metrics.items()}, step=step
+                )
+
+        torch.manual_seed(self.runtime.seed)  # every variant starts from the same initial weights
+        model = self.model.build_model(self.runtime.num_classes, IN_CHANNELS)
+        lr_scale = variant.init(model) if variant.init is not None else None
+        trainer = Trainer(
+            self.stage,
+            model,
+            variant.losses,
+            self.cfg,
+            self.runtime,
+            augmenters=self.augmentation.online,
+            teacher=variant.teacher,
+            copies=self.augmentation.copies,
+            checkpoint=layout.checkpoint(
+                self.params, f"{self.stage}-{variant.name}" if nested else variant.name
+            ),
+            label=variant.name if nested else "",
+            lr_scale=lr_scale,
+            on_epoch=lambda epoch, metrics: log(metrics, step=epoch),
+        )
+        result = trainer.fit(self.splits[self.train_split], self.splits["val"])
+        test = self.splits["test"]
+        logits = predict_logits(
+            model,
+            torch.from_numpy(test.x),
+            self.runtime.device,
+            self.runtime.eval_batch_size,
+            trainer.memory_format,
+        )
+        test_acc = accuracy(logits, torch.from_numpy(test.y))
+        out = layout.model_dir(self.params, variant.name)
+        save_model(
+            out,
+            model,
+            self.model.spec,
+            self.runtime.num_classes,
+            IN_CHANNELS,
+            self.model.info,
+            {
+                "test_accuracy": test_acc,
+                "train_seconds": round(result.seconds, 2),
+                "epochs": self.cfg.epochs,
+                "resumed_from_epoch": result.resumed_from,
+            },
+        )
+        write_text(out / layout.HISTORY, history_csv(result.history))
+        saved = [layout.WEIGHTS, layout.META, layout.HISTORY]
+        if variant.losses.modules.state_dict():
+            save_weights(out / layout.LOSS_WEIGHTS, variant.losses.modules)
+            saved.append(layout.LOSS_WEIGHTS)
+        log({"test_accuracy": test_acc, "train_seconds": result.seconds})
+        for tracker in trackers:
+            for file in saved:
+                tracker.log_artifact(out / file, variant.name)
+        if trainer.checkpoint is not None:
+            trainer.checkpoint.unlink(missing_ok=True)
+        print(
+            f"[{self.stage}] {variant.name}: test accuracy {test_acc:.4f} ({result.seconds:.0f} s training)"
+        )
+        return Fitted(model, result.history, test_acc, result.seconds)
