@@ -50,10 +50,14 @@ def train_student(
     """Train the params' student with ``losses`` (and the teacher where a loss needs it), augmented
     online with ``augment.ops`` when ``cfg.augment``, or on the offline ``copies`` when given."""
     runtime = Runtime.from_params(params.runtime, seed, NUM_CLASSES)
-    runtime = Runtime(runtime.device, seed, NUM_CLASSES, runtime.channels_last, False, runtime.eval_batch_size)
+    runtime = Runtime(
+        runtime.device, seed, NUM_CLASSES, runtime.channels_last, False, runtime.eval_batch_size
+    )
     plugins = Selections.resolve(params)
     model = plugins.model("student.model").build_model(NUM_CLASSES, 1)
-    terms = LossSet.build([Selected.resolve(f"losses[{i}]", "losses", s) for i, s in enumerate(losses)], "distill")
+    terms = LossSet.build(
+        [Selected.resolve(f"losses[{i}]", "losses", s) for i, s in enumerate(losses)], "distill"
+    )
     online = cfg.augment and copies is None
     trainer = Trainer(
         "distill",

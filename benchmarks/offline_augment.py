@@ -36,7 +36,11 @@ def main() -> None:
     splits, teacher = pipeline_inputs(params)
     t0 = time.perf_counter()
     copies = offline_copies.materialise(
-        splits["train"], build_augmenters(Selections.resolve(params).augmenters(), "prepare"), args.copies, args.seed, NUM_CLASSES
+        splits["train"],
+        build_augmenters(Selections.resolve(params).augmenters(), "prepare"),
+        args.copies,
+        args.seed,
+        NUM_CLASSES,
     )
     materialise_s = time.perf_counter() - t0
     rows = []

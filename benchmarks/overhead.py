@@ -5,7 +5,8 @@
 Both loops train the same models (built with the same seed), on the same Fashion-MNIST images, with the
 same optimizer (AdamW, one-cycle schedule per step), batch size and memory format, and both validate
 once per epoch at the same batch size. The bare loop is what a user would write: index a batch, scale to
-[0, 1], augment, forward, loss, backward, step, and read ``loss.item()`` for its running loss. Runs
+[0, 1], augment, forward, loss, backward, step, and read ``loss.item()`` for its running loss; the
+Trainer runs as the stages run it (loss set, guard, per-term metrics, a checkpoint every epoch). Runs
 alternate (Trainer, bare, Trainer, ...) so that a slow spell of this shared machine hits both; each
 ratio is bare seconds / Trainer seconds per pair, and the table gives the median over the pairs
 (above 1: the Trainer is faster).
@@ -34,6 +35,7 @@ import math
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -121,12 +123,21 @@ def bare_loop(
 
 
 def trainer_loop(student, teacher, train, val, cfg, augmenters, kd: bool, runtime: Runtime) -> None:
+    """The Trainer as the stages run it, checkpointing every epoch."""
     losses = LossSet.from_specs(KD if kd else [LossSpec("ce")], "bench")
-    trainer = Trainer(
-        "bench", student, losses, cfg, runtime, augmenters=augmenters, teacher=teacher if kd else None
-    )
-    with contextlib.redirect_stdout(io.StringIO()):
-        trainer.fit(train, val)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(
+            "bench",
+            student,
+            losses,
+            cfg,
+            runtime,
+            augmenters=augmenters,
+            teacher=teacher if kd else None,
+            checkpoint=Path(tmp) / "bench.pt",
+        )
+        with contextlib.redirect_stdout(io.StringIO()):
+            trainer.fit(train, val)
 
 
 def timed(fn: Callable[[], None]) -> float:
@@ -257,7 +268,8 @@ def main() -> None:
         f"--images-long {args.images_long}` on {datetime.date.today()}: {platform.machine()}, "
         f"{torch.get_num_threads()} threads, Python {platform.python_version()}, torch {torch.__version__}; "
         f"lenet5 student, resnet8 teacher ({teacher_from}), batch {cfg.batch_size}, AdamW + one-cycle, "
-        f"memory format {'channels_last' if runtime.channels_last else 'NCHW'} in both loops, validation on "
+        f"memory format {'channels_last' if runtime.channels_last else 'NCHW'} in both loops, the Trainer "
+        f"checkpointing every epoch as the stages run it, validation on "
         f"{len(val.y)} images per epoch ({len(long_val.y)} in the 20-epoch case) at batch "
         f"{runtime.eval_batch_size}. Runs alternate Trainer/bare; ratio = bare seconds / Trainer seconds per "
         f"pair, median over {args.runs} pairs (above 1: the Trainer is faster). A shared 2-core machine is "

@@ -12,30 +12,16 @@ from __future__ import annotations
 
 from pipeline import layout, runner, tracking
 from pipeline.atomic import write_json
-from pipeline.data import NUM_CLASSES, load_splits
 from pipeline.loss_set import LossSet
 from pipeline.modelio import load_model
 from pipeline.runner import StageContext
-from pipeline.training import Runtime
-from pipeline.variants import Augmentation, Fitted, StageTraining, Variant
+from pipeline.variants import Fitted, StageTraining, Variant
 
 
 def run(ctx: StageContext) -> dict[str, Fitted]:
-    params, cfg = ctx.params, ctx.params.distill
-    runtime = Runtime.from_params(params.runtime, params.seed, NUM_CLASSES)
-    splits = load_splits(layout.prepared(params, layout.SOURCE_FILE))
-    teacher, _meta = load_model(layout.model_dir(params, "teacher"), runtime.device)
-    training = StageTraining(
-        "distill",
-        params,
-        cfg,
-        ctx.plugins.model("student.model"),
-        runtime,
-        splits,
-        augmentation=Augmentation.for_stage(
-            params, ctx.plugins.augmenters(), cfg.augment, "distill", splits["train"]
-        ),
-    )
+    params = ctx.params
+    training = StageTraining.on_source_task("distill", params, ctx.plugins, params.distill, "student.model")
+    teacher, _meta = load_model(layout.model_dir(params, "teacher"), training.runtime.device)
     variants = [
         Variant("student_alone", LossSet.build(ctx.plugins.losses("distill.baseline_losses"), "distill")),
         Variant("student", LossSet.build(ctx.plugins.losses("distill.losses"), "distill"), teacher=teacher),

@@ -39,7 +39,9 @@ class LossSet:
         terms: list[LossTerm] = []
         for plugin, weight in plugins:
             names = {t.name for t in terms}
-            name = plugin.info.name if plugin.info.name not in names else f"{plugin.info.name}_{len(terms) + 1}"
+            name = (
+                plugin.info.name if plugin.info.name not in names else f"{plugin.info.name}_{len(terms) + 1}"
+            )
             terms.append(LossTerm(name, plugin, float(weight)))
         self.terms = tuple(terms)
         self.names = tuple(t.name for t in terms)
@@ -78,9 +80,9 @@ class LossSet:
                 f"use losses that do not need one (e.g. ce) here."
             )
 
-    def __call__(self, inputs: LossInputs) -> tuple[torch.Tensor, torch.Tensor]:
-        """(the weighted sum, to backpropagate; the detached readings ``[total, term 1, term 2, ...]``)."""
-        total = torch.zeros((), device=inputs.student_logits.device)
+    def __call__(self, inputs: LossInputs) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(the weighted sum, to backpropagate; each term's value, in ``names`` order)."""
+        total: torch.Tensor | None = None
         values = []
         for term in self.terms:
             value = term.plugin(inputs)
@@ -92,11 +94,12 @@ class LossSet:
                     f"scalar tensor"
                 )
             values.append(value)
-            total = total + term.weight * value
-        return total, torch.stack([v.detach().float() for v in (total, *values)])
+            weighted = value if term.weight == 1.0 else term.weight * value
+            total = weighted if total is None else total + weighted
+        return total, values
 
     def guard(self, readings: Sequence[float]) -> None:
-        """Stop on a non-finite loss; ``readings`` are the host copy of ``__call__``'s readings."""
+        """Stop on a non-finite loss; ``readings`` are ``[total, term 1, term 2, ...]`` on the host."""
         if not math.isfinite(readings[0]):
             terms = dict(zip(self.names, readings[1:], strict=True))
             raise TrainingDiverged(

@@ -19,6 +19,8 @@ from pipeline.errors import DistillopsError, MissingDependencyError
 
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "logits"
+
+
 def export_onnx(model: nn.Module, path: Path, example: torch.Tensor, opset: int) -> Path:
     """Export with a dynamic batch axis; written atomically."""
     try:
@@ -122,7 +124,6 @@ def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray) -> Path:
             pre.unlink(missing_ok=True)
 
     return write_with(out, writer)
-
 
 
 def onnx_predict(session: Any, images: np.ndarray, batch: int = 1024) -> np.ndarray:

@@ -117,7 +117,9 @@ class Selections:
         for key in MODEL_KEYS:
             by_key[key] = [Selected.resolve(key, "models", _at(params, key))]
         for key in LOSS_KEYS:
-            by_key[key] = [Selected.resolve(f"{key}[{i}]", "losses", s) for i, s in enumerate(_at(params, key))]
+            by_key[key] = [
+                Selected.resolve(f"{key}[{i}]", "losses", s) for i, s in enumerate(_at(params, key))
+            ]
         return cls(by_key)
 
     def check(self, num_classes: int, in_channels: int) -> None:

@@ -171,6 +171,45 @@ View = tuple[torch.Tensor, torch.Tensor]  # uint8 images, target rows
 
 
 @dataclass
+class CheckpointFile:
+    """Resumable training state on disk: written atomically, read back only by a run with the same
+    ``key`` (a fingerprint of everything that must agree for a bit-identical resume)."""
+
+    path: Path
+    key: str
+    stage: str
+
+    def save(self, state: dict[str, Any]) -> None:
+        state = {"key": self.key, **state}
+        write_with(self.path, lambda tmp: torch.save(state, tmp))
+
+    def load(self) -> dict[str, Any] | None:
+        if not self.path.exists():
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            print(f"[{self.stage}] ignoring unreadable checkpoint {self.path}: {exc}")
+            return None
+        if state.get("key") != self.key:
+            print(f"[{self.stage}] checkpoint {self.path} is for other settings; starting afresh")
+            return None
+        return state
+
+
+@dataclass
+class _Fit:
+    """The state of one call to :meth:`Trainer.fit`."""
+
+    views: list[View]
+    opt: torch.optim.Optimizer
+    sched: Any
+    g: torch.Generator  # the augmenters' generator
+    checkpoint: CheckpointFile | None
+    progress: Progress = field(default_factory=Progress)
+
+
+@dataclass
 class Trainer:
     """Trains ``model`` with ``losses`` (plus ``teacher`` when a loss needs one), validating each epoch."""
 
@@ -210,7 +249,62 @@ class Trainer:
         self.teacher_passes = 0
         self._teacher_cache: dict[int, torch.Tensor] = {}
 
+    # --- the loop --------------------------------------------------------------------------------------
+    def fit(self, train: Split, val: Split) -> TrainResult:
+        """Train on ``train``, or, with offline augmentation, on copy ``epoch mod K`` of ``self.copies``."""
+        run = self._start(train)
+        resumed_from = self._resume(run)
+        first_epoch = run.progress.epoch
+        t0 = time.perf_counter()
+        with interrupts.deferred():
+            for epoch in range(first_epoch, self.cfg.epochs):
+                self._run_epoch(run, epoch)
+                metrics = self._validate(run, val)
+                run.progress.history.append({"epoch": epoch + 1, **metrics})
+                run.progress.epoch, run.progress.step, run.progress.sums = epoch + 1, 0, {}
+                print(
+                    f"[{self.stage}] {self._label}epoch {epoch + 1}/{self.cfg.epochs} "
+                    f"train_loss {metrics['train_loss']:.4f} val_accuracy {metrics['val_accuracy']:.4f}",
+                    flush=True,
+                )
+                if self.on_epoch is not None:
+                    self.on_epoch(epoch + 1, metrics)
+                self._save(run)
+                interrupts.check()
+        if self.cache_teacher:
+            views = len(run.views)
+            print(
+                f"[{self.stage}] {self._label}teacher logits: {self.teacher_passes} passes for "
+                f"{self.cfg.epochs - first_epoch} epochs ({views} training view{'s' if views > 1 else ''})"
+            )
+        return TrainResult(run.progress.history, time.perf_counter() - t0, resumed_from)
+
+    @property
+    def _label(self) -> str:
+        return f"{self.label} " if self.label else ""
+
     # --- the parts of fit ----------------------------------------------------------------------------
+    def _start(self, train: Split) -> _Fit:
+        """Training views, lazily sized loss parameters, optimizer, schedule, generator, checkpoint."""
+        views = self._views(train)
+        if len(views[0][1]) == 0:
+            raise DistillopsError(f"stage '{self.stage}': the training split is empty")
+        self._materialise_lazy(views[0])
+        opt = self._optimizer()
+        steps = self.cfg.epochs * math.ceil(len(views[0][1]) / self.cfg.batch_size)
+        checkpoint = None
+        if self.checkpoint is not None:
+            checkpoint = CheckpointFile(self.checkpoint, self._checkpoint_key(views), self.stage)
+        self.teacher_passes = 0
+        self._teacher_cache.clear()
+        return _Fit(
+            views,
+            opt,
+            _make_scheduler(opt, self.cfg, steps),
+            torch.Generator(device=self.device).manual_seed(self.runtime.seed),
+            checkpoint,
+        )
+
     def _views(self, train: Split) -> list[View]:
         """What epoch e trains on: view e mod len(views) (the split itself, or each offline copy)."""
         if self.copies is not None:
@@ -274,57 +368,46 @@ class Trainer:
             [{"params": params, "lr": self.cfg.lr * scale} for scale, params in groups.items()], self.cfg
         )
 
-    def _state(
-        self, key: str, progress: Progress, opt: Any, sched: Any, g: torch.Generator
-    ) -> dict[str, Any]:
-        return {
-            "key": key,
-            "epoch": progress.epoch,
-            "step": progress.step,
-            "model": self.model.state_dict(),
-            "loss_modules": self.losses.modules.state_dict(),
-            "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(),
-            "aug_rng": g.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "history": json.dumps(progress.history),
-            "acc": json.dumps(progress.sums),
-        }
+    def _save(self, run: _Fit) -> None:
+        if run.checkpoint is None:
+            return
+        run.checkpoint.save(
+            {
+                "epoch": run.progress.epoch,
+                "step": run.progress.step,
+                "model": self.model.state_dict(),
+                "loss_modules": self.losses.modules.state_dict(),
+                "optimizer": run.opt.state_dict(),
+                "scheduler": run.sched.state_dict(),
+                "aug_rng": run.g.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "history": json.dumps(run.progress.history),
+                "acc": json.dumps(run.progress.sums),
+            }
+        )
 
-    def _save(self, key: str, progress: Progress, opt: Any, sched: Any, g: torch.Generator) -> None:
-        if self.checkpoint is not None:
-            state = self._state(key, progress, opt, sched, g)
-            write_with(self.checkpoint, lambda tmp: torch.save(state, tmp))
-
-    def _resume(self, key: str, opt: Any, sched: Any, g: torch.Generator) -> Progress | None:
-        """Restore a checkpoint written with the same key; None when there is none to resume."""
-        if self.checkpoint is None or not self.checkpoint.exists():
-            return None
-        try:
-            state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            print(f"[{self.stage}] ignoring unreadable checkpoint {self.checkpoint}: {exc}")
-            return None
-        if state.get("key") != key:
-            print(f"[{self.stage}] checkpoint {self.checkpoint} is for other settings; starting afresh")
+    def _resume(self, run: _Fit) -> int | None:
+        """Restore a checkpoint of the same settings; the epoch it resumes from, or None."""
+        state = run.checkpoint.load() if run.checkpoint is not None else None
+        if state is None:
             return None
         self.model.load_state_dict(state["model"])
         self.losses.modules.load_state_dict(state["loss_modules"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        g.set_state(state["aug_rng"])
+        run.opt.load_state_dict(state["optimizer"])
+        run.sched.load_state_dict(state["scheduler"])
+        run.g.set_state(state["aug_rng"])
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"]:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
-        progress = Progress(
+        run.progress = Progress(
             state["epoch"], state["step"], json.loads(state["history"]), json.loads(state["acc"])
         )
         print(
-            f"[{self.stage}] resuming {self.label or 'training'} from epoch {progress.epoch + 1}, "
-            f"batch {progress.step}"
+            f"[{self.stage}] resuming {self.label or 'training'} from epoch {run.progress.epoch + 1}, "
+            f"batch {run.progress.step}"
         )
-        return progress
+        return run.progress.epoch
 
     def _teacher_logits(self, index: int, view: View) -> torch.Tensor | None:
         """The cached teacher logits of a training view (computed at its first use), or None."""
@@ -337,26 +420,18 @@ class Trainer:
             self.teacher_passes += 1
         return self._teacher_cache[index]
 
-    def _run_epoch(
-        self,
-        epoch: int,
-        views: list[View],
-        progress: Progress,
-        opt: Any,
-        sched: Any,
-        g: torch.Generator,
-        key: str,
-    ) -> None:
-        """Train one epoch from ``progress.step``; on a signal, checkpoint and raise at a step boundary."""
-        cfg = self.cfg
-        index = epoch % len(views)
-        x_all, t_all = views[index]
-        cached = self._teacher_logits(index, views[index])
-        n = len(t_all)
-        batches = math.ceil(n / cfg.batch_size)
-        perm = _epoch_permutation(n, self.runtime.seed, epoch)
-        sums = progress.sums or {"loss": 0.0, "correct": 0, "seen": 0}
-        progress.sums = sums
+    def _run_epoch(self, run: _Fit, epoch: int) -> None:
+        """Train one epoch from ``run.progress.step``; on a signal, checkpoint and raise at a step
+        boundary."""
+        self.model.train()
+        cfg, progress = self.cfg, run.progress
+        index = epoch % len(run.views)
+        x_all, t_all = run.views[index]
+        cached = self._teacher_logits(index, run.views[index])
+        batches = math.ceil(len(t_all) / cfg.batch_size)
+        perm = _epoch_permutation(len(t_all), self.runtime.seed, epoch)
+        sums = progress.sums = progress.sums or {"loss": 0.0, "correct": 0, "seen": 0}
+        names = [f"loss_{name}" for name in self.losses.names]
         bar = _progress(
             self.runtime.progress and not interrupts.pending(),
             batches,
@@ -365,18 +440,18 @@ class Trainer:
         )
         for step in range(progress.step, batches):
             idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            readings = self._step(x_all[idx], t_all[idx], idx, g, opt, sched, cached)
+            readings = self._step(run, x_all[idx], t_all[idx], idx, cached)
             b = len(idx)
             sums["loss"] += readings[0] * b
             sums["correct"] += int(readings[-1])
             sums["seen"] += b
-            for name, value in zip(self.losses.names, readings[1:-1], strict=True):
-                sums[f"loss_{name}"] = sums.get(f"loss_{name}", 0.0) + value * b
+            for name, value in zip(names, readings[1:-1], strict=True):
+                sums[name] = sums.get(name, 0.0) + value * b
             bar.update(1)
             if interrupts.pending() is not None:
                 bar.close()
                 progress.step = step + 1
-                self._save(key, progress, opt, sched, g)
+                self._save(run)
                 print(
                     f"[{self.stage}] interrupted: checkpoint saved at epoch {epoch + 1}, "
                     f"batch {step + 1} -> {self.checkpoint}"
@@ -384,66 +459,22 @@ class Trainer:
                 interrupts.check()
         bar.close()
 
-    def _validate(self, val: Split, sums: dict[str, float], opt: Any) -> dict[str, float]:
+    def _validate(self, run: _Fit, val: Split) -> dict[str, float]:
         """The epoch's metrics: training sums turned into means, plus loss and accuracy on ``val``."""
         logits = predict_logits(
             self.model, torch.from_numpy(val.x), self.device, self.runtime.eval_batch_size, self.memory_format
         )
         labels = torch.from_numpy(val.y)
+        sums = run.progress.sums
         seen = max(sums["seen"], 1)
         return {
             "train_loss": sums["loss"] / seen,
             "train_accuracy": sums["correct"] / seen,
             "val_loss": float(F.cross_entropy(logits, labels)),
             "val_accuracy": accuracy(logits, labels),
-            "lr": opt.param_groups[0]["lr"],
+            "lr": run.opt.param_groups[0]["lr"],
             **{k: v / seen for k, v in sums.items() if k.startswith("loss_")},
         }
-
-    # --- the loop --------------------------------------------------------------------------------------
-    def fit(self, train: Split, val: Split) -> TrainResult:
-        """Train on ``train``, or, with offline augmentation, on copy ``epoch mod K`` of ``self.copies``."""
-        views = self._views(train)
-        if len(views[0][1]) == 0:
-            raise DistillopsError(f"stage '{self.stage}': the training split is empty")
-        self._materialise_lazy(views[0])
-        opt = self._optimizer()
-        sched = _make_scheduler(
-            opt, self.cfg, self.cfg.epochs * math.ceil(len(views[0][1]) / self.cfg.batch_size)
-        )
-        g = torch.Generator(device=self.device).manual_seed(self.runtime.seed)
-        key = self._checkpoint_key(views)
-        progress = self._resume(key, opt, sched, g)
-        resumed_from = progress.epoch if progress is not None else None
-        progress = progress or Progress()
-        self.teacher_passes = 0
-        self._teacher_cache.clear()
-        first_epoch = progress.epoch
-        label = f"{self.label} " if self.label else ""
-        t0 = time.perf_counter()
-        with interrupts.deferred():
-            for epoch in range(first_epoch, self.cfg.epochs):
-                self.model.train()
-                self._run_epoch(epoch, views, progress, opt, sched, g, key)
-                metrics = self._validate(val, progress.sums, opt)
-                progress.history.append({"epoch": epoch + 1, **metrics})
-                progress.epoch, progress.step, progress.sums = epoch + 1, 0, {}
-                print(
-                    f"[{self.stage}] {label}epoch {epoch + 1}/{self.cfg.epochs} "
-                    f"train_loss {metrics['train_loss']:.4f} val_accuracy {metrics['val_accuracy']:.4f}",
-                    flush=True,
-                )
-                if self.on_epoch is not None:
-                    self.on_epoch(epoch + 1, metrics)
-                self._save(key, progress, opt, sched, g)
-                interrupts.check()
-        if self.cache_teacher:
-            print(
-                f"[{self.stage}] {label}teacher logits: {self.teacher_passes} passes for "
-                f"{self.cfg.epochs - first_epoch} epochs ({len(views)} training "
-                f"view{'s' if len(views) > 1 else ''})"
-            )
-        return TrainResult(progress.history, time.perf_counter() - t0, resumed_from)
 
     # --- one step --------------------------------------------------------------------------------------
     def _forward(
@@ -452,8 +483,8 @@ class Trainer:
         targets: torch.Tensor,
         cached: torch.Tensor | None,
         idx: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(weighted loss, loss readings, student logits) for one batch of float images."""
+    ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        """(weighted loss, its terms, correct predictions) for one batch of float images."""
         labels = targets.argmax(1)
         with (
             feature_taps(self.teacher, self.losses.teacher_taps) as t_feats,
@@ -466,32 +497,26 @@ class Trainer:
                 with torch.no_grad():
                     t_logits = self.teacher(x)
             logits = self.model(x)
-            total, readings = self.losses(LossInputs(logits, t_logits, targets, labels, s_feats, t_feats))
-        correct = (logits.argmax(1) == labels).sum()
-        return total, torch.cat([readings, correct[None].to(readings.dtype)]), logits
+            total, terms = self.losses(LossInputs(logits, t_logits, targets, labels, s_feats, t_feats))
+        return total, terms, (logits.argmax(1) == labels).sum()
 
     def _step(
-        self,
-        xb: torch.Tensor,
-        tb: torch.Tensor,
-        idx: torch.Tensor,
-        g: torch.Generator,
-        opt: torch.optim.Optimizer,
-        sched: Any,
-        cached: torch.Tensor | None,
+        self, run: _Fit, xb: torch.Tensor, tb: torch.Tensor, idx: torch.Tensor, cached: torch.Tensor | None
     ) -> list[float]:
         """One update; returns ``[total loss, term 1, ..., correct predictions]`` on the host."""
         x = to_float(xb.to(self.device, non_blocking=True)).contiguous(memory_format=self.memory_format)
         targets = tb.to(self.device, non_blocking=True)
         for aug in self.augmenters:
-            x, targets = aug(x, targets, g)
-        total, readings, _logits = self._forward(x, targets, cached, idx)
-        opt.zero_grad(set_to_none=True)
+            x, targets = aug(x, targets, run.g)
+        total, terms, correct = self._forward(x, targets, cached, idx)
+        run.opt.zero_grad(set_to_none=True)
         total.backward()
-        host = readings.tolist()  # the step's one host sync: the guard and the running metrics
+        # the step's one host sync: the loss readings (for the guard and the running metrics) and the
+        # count of correct predictions, read back together
+        host = torch.stack([total.detach(), *(t.detach() for t in terms), correct.to(total.dtype)]).tolist()
         self.losses.guard(host[:-1])
-        opt.step()
-        sched.step()
+        run.opt.step()
+        run.sched.step()
         return host
 
 

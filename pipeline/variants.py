@@ -19,12 +19,12 @@ from torch import nn
 
 from pipeline import layout
 from pipeline.atomic import write_text
-from pipeline.data import IN_CHANNELS, Split
+from pipeline.data import IN_CHANNELS, NUM_CLASSES, Split, load_splits
 from pipeline.loss_set import LossSet
 from pipeline.modelio import save_model, save_weights
 from pipeline.offline_copies import AugmentedCopies, load
 from pipeline.params import Params, TrainParams
-from pipeline.selection import Plugin, Selected, plugin_tags
+from pipeline.selection import Plugin, Selected, Selections, plugin_tags
 from pipeline.tracking import Tracker
 from pipeline.training import Runtime, Trainer, accuracy, history_csv, predict_logits
 
@@ -82,6 +82,18 @@ class StageTraining:
     splits: dict[str, Split]
     train_split: str = "train"
     augmentation: Augmentation = field(default_factory=Augmentation)
+
+    @classmethod
+    def on_source_task(
+        cls, stage: str, params: Params, plugins: Selections, cfg: TrainParams, model_key: str
+    ) -> StageTraining:
+        """A stage that trains on the source task's training split, augmented as ``cfg.augment`` says."""
+        runtime = Runtime.from_params(params.runtime, params.seed, NUM_CLASSES)
+        splits = load_splits(layout.prepared(params, layout.SOURCE_FILE))
+        augmentation = Augmentation.for_stage(
+            params, plugins.augmenters(), cfg.augment, stage, splits["train"]
+        )
+        return cls(stage, params, cfg, plugins.model(model_key), runtime, splits, augmentation=augmentation)
 
     def tags(self, variants: Sequence[Variant]) -> dict[str, str]:
         """Plugin tags of the augmentation, the variants' losses and the model."""
