@@ -90,13 +90,20 @@ def _group_key(group: str) -> str:
 
 
 @cache
+def _all_entry_points() -> Any:
+    """Every installed distribution's entry points, read once per process (one scan of the metadata)."""
+    return entry_points()
+
+
+@cache
 def _installed(group: str) -> dict[str, PluginInfo]:
-    """The installed plugins of a group: the entry-point metadata is read once per process."""
-    return _index(group, entry_points(group=GROUPS[group]))
+    """The installed plugins of a group."""
+    return _index(group, _all_entry_points().select(group=GROUPS[group]))
 
 
 def rescan() -> None:
     """Forget what was found and loaded (after installing or removing a distribution in-process)."""
+    _all_entry_points.cache_clear()
     _installed.cache_clear()
     _load.cache_clear()
 

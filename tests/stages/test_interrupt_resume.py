@@ -1,7 +1,7 @@
 """SIGTERM during training, in a real subprocess: checkpoint saved, MLflow run KILLED, non-zero exit;
-the rerun resumes and ends bit-identical to an uninterrupted run (behaviours 6 and 11). SIGKILL: no
+the rerun resumes and ends bit-identical to an uninterrupted run. SIGKILL: no
 chance to save anything, so the rerun resumes from the last per-epoch checkpoint, marks the run the
-killed process left RUNNING as KILLED (behaviour 7), and still ends bit-identical."""
+killed process left RUNNING as KILLED, and still ends bit-identical."""
 
 from __future__ import annotations
 

@@ -198,7 +198,7 @@ def test_editing_core_code_marks_exactly_its_stages_changed(repro, pipeline_env,
     assert reported == changed
 
 
-def test_failed_stage_leaves_lock_and_previous_outputs_in_place(repro, pipeline_env):  # behaviour 1
+def test_failed_stage_leaves_lock_and_previous_outputs_in_place(repro, pipeline_env):
     repo, _ = repro
     lock = (repo / "dvc.lock").read_text()
     kept = [

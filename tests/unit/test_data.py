@@ -38,7 +38,7 @@ def test_read_idx_roundtrip_plain_and_gz(tmp_path):
     assert np.array_equal(data.read_idx(tmp_path / "a.gz"), a)
 
 
-def test_truncated_gzip_names_the_file(tmp_path):  # behaviour 18
+def test_truncated_gzip_names_the_file(tmp_path):
     blob = gzip.compress(idx_bytes(np.zeros((100, 28, 28), np.uint8)))
     path = tmp_path / "train-images-idx3-ubyte.gz"
     path.write_bytes(blob[: len(blob) // 2])

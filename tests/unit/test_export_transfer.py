@@ -24,7 +24,7 @@ def exported(tmp_path_factory):
     return model, path
 
 
-def test_export_has_a_dynamic_batch_axis(exported):  # behaviour 9
+def test_export_has_a_dynamic_batch_axis(exported):
     _, path = exported
     dims = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim
     assert dims[0].dim_param and not dims[0].dim_value

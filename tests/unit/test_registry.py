@@ -1,5 +1,5 @@
-"""Plugin discovery, loading and building, including the fault behaviours 14-17 of the reference,
-with real (minimal) distributions installed on sys.path by the ``fake_dist`` fixture."""
+"""Plugin discovery, loading and building, including broken, non-callable, conflicting and failing
+plugins, with real (minimal) distributions installed on sys.path by the ``fake_dist`` fixture."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def test_third_party_plugin_builds_and_reports_its_distribution(fake_dist):
     assert info.provenance == "acme-losses==1.2.0"
 
 
-def test_broken_import_is_listed_as_broken_and_others_keep_working(fake_dist):  # behaviour 14
+def test_broken_import_is_listed_as_broken_and_others_keep_working(fake_dist):
     fake_dist(
         "acme-broken",
         "0.3",
@@ -80,7 +80,7 @@ def test_broken_import_is_listed_as_broken_and_others_keep_working(fake_dist):  
     assert "not_a_real_module_xyz" in message
 
 
-def test_non_callable_entry_point_is_reported_the_same_way(fake_dist):  # behaviour 15
+def test_non_callable_entry_point_is_reported_the_same_way(fake_dist):
     fake_dist(
         "acme-const",
         "2.0",
@@ -94,7 +94,7 @@ def test_non_callable_entry_point_is_reported_the_same_way(fake_dist):  # behavi
         create("augmenters", PluginSpec("const"))
 
 
-def test_same_name_from_two_distributions_fails_naming_both(fake_dist):  # behaviour 16
+def test_same_name_from_two_distributions_fails_naming_both(fake_dist):
     fake_dist(
         "acme-a",
         "1.0",
@@ -185,3 +185,24 @@ def test_readme_plugin_table_is_current():
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert builtin_table() in readme, "README's plugin table is stale: run `make readme`"
+
+
+def test_entry_points_are_scanned_once_per_process(monkeypatch):
+    calls = []
+    real = registry.entry_points
+
+    def counting(**kwargs):
+        calls.append(kwargs)
+        return real(**kwargs)
+
+    monkeypatch.setattr(registry, "entry_points", counting)
+    registry.rescan()
+    try:
+        for group in registry.GROUPS:
+            registry.find(group)
+        for name in ("kd", "ce", "dkd"):
+            Selected.resolve(f"distill.losses[{name}]", "losses", PluginSpec(name))
+        Selected.resolve("student.model", "models", PluginSpec("lenet5"))
+        assert calls == [{}]  # one scan of all distributions, every group selected from it
+    finally:
+        registry.rescan()

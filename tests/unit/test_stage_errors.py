@@ -25,7 +25,7 @@ def run_stage(stage: str, params: dict, cwd) -> subprocess.CompletedProcess:
     )
 
 
-def test_params_typo_fails_naming_file_and_key(tmp_path):  # behaviour 2
+def test_params_typo_fails_naming_file_and_key(tmp_path):
     params = tiny_params_dict()
     params["teacher"]["epoch"] = params["teacher"].pop("epochs")
     result = run_stage("teacher", params, tmp_path)

@@ -49,7 +49,7 @@ def test_stage_run_tags_parent_and_params(mlflow_store, tmp_path, monkeypatch):
     assert [(m.step, m.value) for m in history] == [(1, 0.5)]
 
 
-def test_exception_marks_run_failed(mlflow_store, tmp_path, monkeypatch):  # behaviour 5
+def test_exception_marks_run_failed(mlflow_store, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ValueError), tracking.stage_run("teacher", repo_params()):
         raise ValueError("boom")
@@ -67,7 +67,7 @@ def test_interrupt_marks_run_killed(mlflow_store, tmp_path, monkeypatch):
 
 def test_runs_left_running_by_dead_process_are_marked_killed(
     mlflow_store, tmp_path, monkeypatch
-):  # behaviour 7
+):
     monkeypatch.chdir(tmp_path)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

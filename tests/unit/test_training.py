@@ -96,7 +96,7 @@ class InterruptAfter:
         return x, y
 
 
-def test_interrupted_run_resumes_bit_identically(tmp_path):  # behaviours 6 (checkpoint) and 11
+def test_interrupted_run_resumes_bit_identically(tmp_path):
     train, val = toy_split(200, 0), toy_split(64, 1)
     flip = build_augmenters([PluginSpec("flip"), PluginSpec("crop")], "teacher")
     ref_model = student()
@@ -123,7 +123,7 @@ def test_interrupted_run_resumes_bit_identically(tmp_path):  # behaviours 6 (che
         assert torch.equal(a, b), name
 
 
-def test_nan_loss_stops_within_a_step_and_writes_no_checkpoint(tmp_path):  # behaviour 13
+def test_nan_loss_stops_within_a_step_and_writes_no_checkpoint(tmp_path):
     calls = []
 
     def nan_loss(inputs):
@@ -141,7 +141,7 @@ def test_nan_loss_stops_within_a_step_and_writes_no_checkpoint(tmp_path):  # beh
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-def test_plugin_raising_at_run_time_names_plugin_and_stage():  # behaviour 17
+def test_plugin_raising_at_run_time_names_plugin_and_stage():
     def boom(x, y, g):
         raise RuntimeError("kaboom")
 
