@@ -22,6 +22,7 @@ from pipeline.atomic import write_json, write_text
 from pipeline.data import DIGIT_CLASSES, FASHION_CLASSES, NUM_CLASSES, Split, load_splits
 from pipeline.modelio import count_parameters, load_model
 from pipeline.onnx_model import INPUT_NAME, OUTPUT_NAME, onnx_predict, ort_session
+from pipeline.params import Params
 from pipeline.runner import StageContext
 from pipeline.training import accuracy, confusion_matrix, predict_logits
 
@@ -107,93 +108,113 @@ def _read_history(path: Path) -> list[dict[str, float]]:
     ]
 
 
+# metrics prefix -> the model's name (its paths.* folder) and the prepared file of its test split
+EVALUATED = {
+    "teacher": ("teacher", layout.SOURCE_FILE),
+    "student_alone": ("student_alone", layout.SOURCE_FILE),
+    "student": ("student", layout.SOURCE_FILE),
+    "transfer": ("transferred", layout.TARGET_FILE),
+    "transfer_scratch": ("scratch", layout.TARGET_FILE),
+}
+
+
+def _accuracies(
+    params: Params, tests: dict[str, Split]
+) -> tuple[dict[str, float], dict[str, nn.Module], dict[str, np.ndarray]]:
+    """Test accuracy and size of every PyTorch model; (metrics, models, predictions)."""
+    cpu = torch.device("cpu")
+    metrics, models, preds = {}, {}, {}
+    for name, (model_name, data_file) in EVALUATED.items():
+        model, _meta = load_model(layout.model_dir(params, model_name), cpu)
+        split = tests[data_file]
+        logits = predict_logits(model, torch.from_numpy(split.x), cpu, params.runtime.eval_batch_size)
+        models[name], preds[name] = model, logits.argmax(1).numpy()
+        metrics[f"{name}.accuracy"] = accuracy(logits, torch.from_numpy(split.y))
+        metrics[f"{name}.parameters"] = count_parameters(model)
+    metrics["transfer.scratch_accuracy"] = metrics.pop("transfer_scratch.accuracy")
+    metrics.pop("transfer_scratch.parameters")
+    return metrics, models, preds
+
+
+def _onnx_metrics(params: Params, tests: dict[str, Split]) -> dict[str, float]:
+    """ONNX Runtime accuracy and file size of every exported model, and of the INT8 student."""
+    metrics = {}
+    exported = dict(layout.EXPORTED)
+    if layout.onnx_file(params, layout.INT8).exists():
+        exported[layout.INT8] = layout.SOURCE_FILE
+    for model_name, data_file in exported.items():
+        name = "transfer" if model_name == "transferred" else model_name  # the metrics prefix
+        path, split = layout.onnx_file(params, model_name), tests[data_file]
+        predicted = onnx_predict(ort_session(path), split.x).argmax(1)
+        metrics[f"{name}.onnx_accuracy"] = float((predicted == split.y).mean())
+        metrics[f"{name}.onnx_bytes"] = path.stat().st_size
+    return metrics
+
+
+def _latency_metrics(params: Params, models: dict[str, nn.Module]) -> dict[str, float]:
+    """Median and p95 latency per batch size: teacher and student in PyTorch, the student (and its INT8
+    version) in ONNX Runtime with as many threads as PyTorch uses."""
+    ev = params.evaluate
+    w, r, threads = ev.latency_warmup, ev.latency_repeats, torch.get_num_threads()
+    metrics = {}
+    for name in ("teacher", "student"):
+        metrics |= _latencies(
+            name, "torch", lambda b, m=models[name]: torch_latency(m, b, w, r), ev.latency_batches
+        )
+    for name in ("student", layout.INT8):
+        path = layout.onnx_file(params, name)
+        if path.exists():
+            session = ort_session(path, threads)
+            metrics |= _latencies(
+                name, "onnx", lambda b, s=session: onnx_latency(s, b, w, r), ev.latency_batches
+            )
+    return metrics
+
+
+def _confusion_csv(path: Path, classes: tuple[str, ...], actual: np.ndarray, predicted: np.ndarray) -> None:
+    write_text(
+        path,
+        "actual,predicted\n"
+        + "".join(f"{classes[a]},{classes[p]}\n" for a, p in zip(actual, predicted, strict=True)),
+    )
+
+
+def _plots(params: Params, tests: dict[str, Split], preds: dict[str, np.ndarray], tracker: Any) -> None:
+    """DVC plot data (confusion CSVs) and the PNG figures, also logged to MLflow."""
+    plots = Path(params.paths.plots)
+    plots.mkdir(parents=True, exist_ok=True)
+    source, target = tests[layout.SOURCE_FILE], tests[layout.TARGET_FILE]
+    _confusion_csv(plots / "confusion.csv", FASHION_CLASSES, source.y, preds["student"])
+    _confusion_csv(plots / "transfer_confusion.csv", DIGIT_CLASSES, target.y, preds["transfer"])
+    curves = {
+        name: _read_history(layout.model_dir(params, model_name) / layout.HISTORY)
+        for name, (model_name, _file) in EVALUATED.items()
+    }
+    cm = confusion_matrix(source.y, preds["student"], NUM_CLASSES)
+    for file, fig in _figures(curves, cm, plots).items():
+        tracker.log_figure(fig, file)
+    tracker.log_artifact(plots / "confusion.csv", "plots")
+
+
 def run(ctx: StageContext) -> dict[str, float]:
     params = ctx.params
-    ev = params.evaluate
-    source = load_splits(layout.prepared(params, layout.SOURCE_FILE))["test"]
-    target = load_splits(layout.prepared(params, layout.TARGET_FILE))["test"]
-    cpu = torch.device("cpu")
-    # metrics prefix -> (model folder, test split)
-    folders = {
-        "teacher": (layout.model_dir(params, "teacher"), source),
-        "student_alone": (layout.model_dir(params, "student_alone"), source),
-        "student": (layout.model_dir(params, "student"), source),
-        "transfer": (layout.model_dir(params, "transferred"), target),
-        "transfer_scratch": (layout.model_dir(params, "scratch"), target),
+    tests = {
+        f: load_splits(layout.prepared(params, f))["test"] for f in (layout.SOURCE_FILE, layout.TARGET_FILE)
     }
-    # metrics prefix -> ONNX file
-    onnx_files = {name: layout.onnx_file(params, name) for name in ("student", "student_alone")}
-    onnx_files["transfer"] = layout.onnx_file(params, "transferred")
-    metrics: dict[str, float] = {}
-    models: dict[str, nn.Module] = {}
-    preds: dict[str, np.ndarray] = {}
     with tracking.stage_run("evaluate", params, ctx.params_file) as tracker:
-        for name, (folder, split) in folders.items():
-            model, _meta = load_model(folder, cpu)
-            models[name] = model
-            logits = predict_logits(model, torch.from_numpy(split.x), cpu)
-            preds[name] = logits.argmax(1).numpy()
-            metrics[f"{name}.accuracy"] = accuracy(logits, torch.from_numpy(split.y))
-            metrics[f"{name}.parameters"] = count_parameters(model)
-        metrics["transfer.scratch_accuracy"] = metrics.pop("transfer_scratch.accuracy")
-        metrics.pop("transfer_scratch.parameters")
-        for name, path in onnx_files.items():
-            split: Split = folders[name][1]
-            session = ort_session(path)
-            metrics[f"{name}.onnx_accuracy"] = float(
-                (onnx_predict(session, split.x).argmax(1) == split.y).mean()
-            )
-            metrics[f"{name}.onnx_bytes"] = path.stat().st_size
-        w, r = ev.latency_warmup, ev.latency_repeats
-        threads = torch.get_num_threads()
-        for name in ("teacher", "student"):
-            metrics |= _latencies(
-                name, "torch", lambda b, m=models[name]: torch_latency(m, b, w, r), ev.latency_batches
-            )
-        session = ort_session(onnx_files["student"], threads)
-        metrics |= _latencies("student", "onnx", lambda b: onnx_latency(session, b, w, r), ev.latency_batches)
-        int8 = layout.onnx_file(params, layout.INT8)
-        if int8.exists():
-            q = ort_session(int8, threads)
-            metrics["student_int8.onnx_accuracy"] = float(
-                (onnx_predict(q, source.x).argmax(1) == source.y).mean()
-            )
-            metrics["student_int8.onnx_bytes"] = int8.stat().st_size
-            metrics |= _latencies(
-                "student_int8", "onnx", lambda b: onnx_latency(q, b, w, r), ev.latency_batches
-            )
+        metrics, models, preds = _accuracies(params, tests)
+        metrics |= _onnx_metrics(params, tests)
+        metrics |= _latency_metrics(params, models)
         metrics["distill.gain"] = metrics["student.accuracy"] - metrics["student_alone.accuracy"]
         metrics["transfer.gain"] = metrics["transfer.accuracy"] - metrics["transfer.scratch_accuracy"]
         metrics["student.onnx_speedup_b1"] = (
             metrics["student.latency_ms.torch_b1"] / metrics["student.latency_ms.onnx_b1"]
         )
-
-        metrics_file, plots = Path(params.paths.metrics), Path(params.paths.plots)
-        plots.mkdir(parents=True, exist_ok=True)
-        write_text(
-            plots / "confusion.csv",
-            "actual,predicted\n"
-            + "".join(
-                f"{FASHION_CLASSES[a]},{FASHION_CLASSES[p]}\n"
-                for a, p in zip(source.y, preds["student"], strict=True)
-            ),
-        )
-        write_text(
-            plots / "transfer_confusion.csv",
-            "actual,predicted\n"
-            + "".join(
-                f"{DIGIT_CLASSES[a]},{DIGIT_CLASSES[p]}\n"
-                for a, p in zip(target.y, preds["transfer"], strict=True)
-            ),
-        )
-        curves = {name: _read_history(folders[name][0] / layout.HISTORY) for name in folders}
-        cm = confusion_matrix(source.y, preds["student"], NUM_CLASSES)
-        for file, fig in _figures(curves, cm, plots).items():
-            tracker.log_figure(fig, file)
+        _plots(params, tests, preds, tracker)
+        metrics_file = Path(params.paths.metrics)
         write_json(metrics_file, metrics)
         tracker.log_metrics(metrics, parent=True)
         tracker.log_artifact(metrics_file)
-        tracker.log_artifact(plots / "confusion.csv", "plots")
         print(report.summary(metrics, params))
     return metrics
 

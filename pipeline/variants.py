@@ -26,7 +26,7 @@ from pipeline.offline_copies import AugmentedCopies, load
 from pipeline.params import Params, TrainParams
 from pipeline.selection import Plugin, Selected, Selections, plugin_tags
 from pipeline.tracking import Tracker
-from pipeline.training import Runtime, Trainer, accuracy, history_csv, predict_logits
+from pipeline.training import Runtime, Trainer, TrainResult, accuracy, history_csv, predict_logits
 
 
 @dataclass
@@ -154,25 +154,7 @@ class StageTraining:
         )
         test_acc = accuracy(logits, torch.from_numpy(test.y))
         out = layout.model_dir(self.params, variant.name)
-        save_model(
-            out,
-            model,
-            self.model.spec,
-            self.runtime.num_classes,
-            IN_CHANNELS,
-            self.model.info,
-            {
-                "test_accuracy": test_acc,
-                "train_seconds": round(result.seconds, 2),
-                "epochs": self.cfg.epochs,
-                "resumed_from_epoch": result.resumed_from,
-            },
-        )
-        write_text(out / layout.HISTORY, history_csv(result.history))
-        saved = [layout.WEIGHTS, layout.META, layout.HISTORY]
-        if variant.losses.modules.state_dict():
-            save_weights(out / layout.LOSS_WEIGHTS, variant.losses.modules)
-            saved.append(layout.LOSS_WEIGHTS)
+        saved = self._save(out, model, variant.losses, result, test_acc)
         log({"test_accuracy": test_acc, "train_seconds": result.seconds})
         for tracker in trackers:
             for file in saved:
@@ -183,3 +165,21 @@ class StageTraining:
             f"[{self.stage}] {variant.name}: test accuracy {test_acc:.4f} ({result.seconds:.0f} s training)"
         )
         return Fitted(model, result.history, test_acc, result.seconds)
+
+    def _save(
+        self, out: Path, model: nn.Module, losses: LossSet, result: TrainResult, test_acc: float
+    ) -> list[str]:
+        """Weights, sidecar, history and trainable loss modules of a trained variant; the files written."""
+        extra = {
+            "test_accuracy": test_acc,
+            "train_seconds": round(result.seconds, 2),
+            "epochs": self.cfg.epochs,
+            "resumed_from_epoch": result.resumed_from,
+        }
+        save_model(out, model, self.model.spec, self.runtime.num_classes, IN_CHANNELS, self.model.info, extra)
+        write_text(out / layout.HISTORY, history_csv(result.history))
+        saved = [layout.WEIGHTS, layout.META, layout.HISTORY]
+        if losses.modules.state_dict():
+            save_weights(out / layout.LOSS_WEIGHTS, losses.modules)
+            saved.append(layout.LOSS_WEIGHTS)
+        return saved
