@@ -76,14 +76,14 @@ def bare_loop(
     student, teacher, train: Split, val: Split, cfg, augmenters, kd: bool, memory_format, eval_batch
 ):
     """The hand-written loop (the reference the Trainer is measured against)."""
-    x_all, y_all = torch.from_numpy(train.x), torch.from_numpy(train.y)
+    x_all, y_all = torch.as_tensor(train.x), torch.as_tensor(train.y)  # numpy, or tensors on a GPU
     student.to(memory_format=memory_format)
     if teacher is not None:
         teacher.to(memory_format=memory_format).eval()
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     batches = math.ceil(len(y_all) / cfg.batch_size)
     sched = onecycle(opt, cfg.epochs * batches)
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator(device=x_all.device).manual_seed(0)
     for epoch in range(cfg.epochs):
         student.train()
         perm = torch.randperm(len(y_all), generator=torch.Generator().manual_seed(epoch))
@@ -115,7 +115,7 @@ def bare_loop(
         with torch.no_grad():
             for i in range(0, len(val.y), eval_batch):
                 student(
-                    torch.from_numpy(val.x[i : i + eval_batch])
+                    torch.as_tensor(val.x[i : i + eval_batch])
                     .float()
                     .div_(255.0)
                     .contiguous(memory_format=memory_format)

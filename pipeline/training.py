@@ -91,7 +91,7 @@ def predict_logits(
     batch_size: int = 256,
     memory_format: torch.memory_format = torch.contiguous_format,
 ) -> torch.Tensor:
-    """Logits for uint8 images ``x`` (on CPU), in eval mode; returned on CPU."""
+    """Logits for uint8 images ``x`` (on any device), in eval mode; returned on the CPU."""
     was_training = model.training
     model.eval()
     out = [
@@ -295,6 +295,8 @@ class Trainer:
         checkpoint = None
         if self.checkpoint is not None:
             checkpoint = CheckpointFile(self.checkpoint, self._checkpoint_key(views), self.stage)
+        if self.device.type != "cpu":  # on an accelerator the (uint8) training data lives on it
+            views = [(x.to(self.device), t.to(self.device)) for x, t in views]
         self.teacher_passes = 0
         self._teacher_cache.clear()
         return _Fit(
@@ -416,7 +418,7 @@ class Trainer:
         if index not in self._teacher_cache:
             self._teacher_cache[index] = predict_logits(
                 self.teacher, view[0], self.device, self.runtime.eval_batch_size, self.memory_format
-            )
+            ).to(self.device)
             self.teacher_passes += 1
         return self._teacher_cache[index]
 
@@ -429,7 +431,7 @@ class Trainer:
         x_all, t_all = run.views[index]
         cached = self._teacher_logits(index, run.views[index])
         batches = math.ceil(len(t_all) / cfg.batch_size)
-        perm = _epoch_permutation(len(t_all), self.runtime.seed, epoch)
+        perm = _epoch_permutation(len(t_all), self.runtime.seed, epoch).to(self.device)
         sums = progress.sums = progress.sums or {"loss": 0.0, "correct": 0, "seen": 0}
         names = [f"loss_{name}" for name in self.losses.names]
         bar = _progress(
@@ -492,7 +494,7 @@ class Trainer:
         ):
             t_logits = None
             if cached is not None:
-                t_logits = cached[idx].to(self.device, non_blocking=True)
+                t_logits = cached[idx]
             elif self.teacher is not None:
                 with torch.no_grad():
                     t_logits = self.teacher(x)
