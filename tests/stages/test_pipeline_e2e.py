@@ -163,6 +163,14 @@ def test_predict_command_needs_only_onnxruntime_and_numpy(repro, pipeline_env):
     assert len(rows) == 3 and len(rows[0]["predictions"]) == 2
 
 
+def test_summary_command_prints_the_runs_results(repro, pipeline_env):
+    repo, _ = repro
+    out = sh(["distillops", "summary"], repo, pipeline_env)
+    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    assert f"teacher                {metrics['teacher.accuracy']:.4f}" in out.stdout
+    assert "models/onnx/student.onnx" in out.stdout and "dvc metrics show" in out.stdout
+
+
 def test_second_repro_does_nothing(repro, pipeline_env):
     repo, _ = repro
     lock = (repo / "dvc.lock").read_text()
