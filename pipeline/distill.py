@@ -2,7 +2,8 @@
 
 Both students share architecture, data, augmentation, epochs, optimiser and seed; only the losses
 differ (``distill.losses`` with the teacher, ``distill.baseline_losses`` without), so the difference
-in test accuracy is the gain from distillation.
+in test accuracy is the gain from distillation. With ``distill.warm_start`` both first train on a seeded
+random share of the training split (sub-model weight transfer) and continue from those weights.
 
 Outputs (``paths.student`` and ``paths.student_alone``): weights, sidecar, history; ``gain.json`` in
 the student's folder.
@@ -20,7 +21,10 @@ from pipeline.variants import Fitted, StageTraining, Variant
 
 def run(ctx: StageContext) -> dict[str, Fitted]:
     params = ctx.params
-    training = StageTraining.on_source_task("distill", params, ctx.plugins, params.distill, "student.model")
+    cfg = params.distill
+    training = StageTraining.on_source_task(
+        "distill", params, ctx.plugins, cfg, "student.model", warm_start=cfg.warm_start
+    )
     teacher, _meta = load_model(layout.model_dir(params, "teacher"), training.runtime.device)
     variants = [
         Variant("student_alone", LossSet.build(ctx.plugins.losses("distill.baseline_losses"), "distill")),

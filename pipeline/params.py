@@ -120,9 +120,19 @@ class StudentParams:
 
 
 @dataclass(frozen=True)
+class WarmStart:
+    """Sub-model weight transfer: train on a random ``fraction`` of the training split for ``epochs``
+    first, then continue on all of it from those weights."""
+
+    fraction: float
+    epochs: int
+
+
+@dataclass(frozen=True)
 class DistillParams(TrainParams):
     losses: tuple[LossSpec, ...]
     baseline_losses: tuple[LossSpec, ...]
+    warm_start: WarmStart | None
 
 
 @dataclass(frozen=True)
@@ -322,6 +332,12 @@ def _check_values(p: Params, source: str) -> None:
             _fail(source, f"{stage}.losses", "needs at least one loss")
     if not 0 < p.transfer.body_lr_scale <= 1:
         _fail(source, "transfer.body_lr_scale", f"must be in (0, 1], got {p.transfer.body_lr_scale}")
+    if p.distill.warm_start is not None:
+        ws = p.distill.warm_start
+        if not 0 < ws.fraction <= 1:
+            _fail(source, "distill.warm_start.fraction", f"must be in (0, 1], got {ws.fraction}")
+        if ws.epochs < 1:
+            _fail(source, "distill.warm_start.epochs", f"must be at least 1, got {ws.epochs}")
     if p.export.atol <= 0:
         _fail(source, "export.atol", f"must be > 0, got {p.export.atol}")
 

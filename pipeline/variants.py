@@ -11,9 +11,11 @@ stage's MLflow run, and, when a stage trains several, also to a nested run per v
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -23,7 +25,7 @@ from pipeline.data import IN_CHANNELS, NUM_CLASSES, Split, load_splits
 from pipeline.loss_set import LossSet
 from pipeline.modelio import save_model, save_weights
 from pipeline.offline_copies import AugmentedCopies, load
-from pipeline.params import Params, TrainParams
+from pipeline.params import Params, TrainParams, WarmStart
 from pipeline.selection import Plugin, Selected, Selections, plugin_tags
 from pipeline.tracking import Tracker
 from pipeline.training import Runtime, Trainer, TrainResult, accuracy, history_csv, predict_logits
@@ -82,10 +84,17 @@ class StageTraining:
     splits: dict[str, Split]
     train_split: str = "train"
     augmentation: Augmentation = field(default_factory=Augmentation)
+    warm_start: WarmStart | None = None  # every variant first trains on a random share of the split
 
     @classmethod
     def on_source_task(
-        cls, stage: str, params: Params, plugins: Selections, cfg: TrainParams, model_key: str
+        cls,
+        stage: str,
+        params: Params,
+        plugins: Selections,
+        cfg: TrainParams,
+        model_key: str,
+        warm_start: WarmStart | None = None,
     ) -> StageTraining:
         """A stage that trains on the source task's training split, augmented as ``cfg.augment`` says."""
         runtime = Runtime.from_params(params.runtime, params.seed, NUM_CLASSES)
@@ -93,7 +102,16 @@ class StageTraining:
         augmentation = Augmentation.for_stage(
             params, plugins.augmenters(), cfg.augment, stage, splits["train"]
         )
-        return cls(stage, params, cfg, plugins.model(model_key), runtime, splits, augmentation=augmentation)
+        return cls(
+            stage,
+            params,
+            cfg,
+            plugins.model(model_key),
+            runtime,
+            splits,
+            augmentation=augmentation,
+            warm_start=warm_start,
+        )
 
     def tags(self, variants: Sequence[Variant]) -> dict[str, str]:
         """Plugin tags of the augmentation, the variants' losses and the model."""
@@ -127,6 +145,10 @@ class StageTraining:
         torch.manual_seed(self.runtime.seed)  # every variant starts from the same initial weights
         model = self.model.build_model(self.runtime.num_classes, IN_CHANNELS)
         lr_scale = variant.init(model) if variant.init is not None else None
+        name = f"{self.stage}-{variant.name}" if nested else variant.name
+        warm = None
+        if self.warm_start is not None:
+            warm = self._warm_start(variant, model, lr_scale, name, log)
         trainer = Trainer(
             self.stage,
             model,
@@ -136,9 +158,7 @@ class StageTraining:
             augmenters=self.augmentation.online,
             teacher=variant.teacher,
             copies=self.augmentation.copies,
-            checkpoint=layout.checkpoint(
-                self.params, f"{self.stage}-{variant.name}" if nested else variant.name
-            ),
+            checkpoint=layout.checkpoint(self.params, name),
             label=variant.name if nested else "",
             lr_scale=lr_scale,
             on_epoch=lambda epoch, metrics: log(metrics, step=epoch),
@@ -154,20 +174,73 @@ class StageTraining:
         )
         test_acc = accuracy(logits, torch.from_numpy(test.y))
         out = layout.model_dir(self.params, variant.name)
-        saved = self._save(out, model, variant.losses, result, test_acc)
+        saved = self._save(out, model, variant.losses, result, test_acc, warm)
         log({"test_accuracy": test_acc, "train_seconds": result.seconds})
         for tracker in trackers:
             for file in saved:
                 tracker.log_artifact(out / file, variant.name)
-        if trainer.checkpoint is not None:
-            trainer.checkpoint.unlink(missing_ok=True)
+        for done in (trainer.checkpoint, warm["checkpoint"] if warm else None):
+            if done is not None:
+                done.unlink(missing_ok=True)
         print(
             f"[{self.stage}] {variant.name}: test accuracy {test_acc:.4f} ({result.seconds:.0f} s training)"
         )
         return Fitted(model, result.history, test_acc, result.seconds)
 
+    def _warm_start(
+        self,
+        variant: Variant,
+        model: nn.Module,
+        lr_scale: Callable[[str], float] | None,
+        name: str,
+        log: Callable[..., None],
+    ) -> dict[str, Any]:
+        """Sub-model weight transfer: train ``model`` on a seeded random share of the training split;
+        the training on the whole split then starts from these weights, with a fresh optimizer and
+        schedule. Its checkpoint is kept until the variant is done, so a rerun after an interruption of
+        the second phase does not train the first again."""
+        ws = self.warm_start
+        train = self.splits[self.train_split]
+        n = max(1, round(ws.fraction * len(train)))
+        idx = np.sort(np.random.default_rng([self.runtime.seed, 1]).permutation(len(train))[:n])
+        copies = self.augmentation.copies
+        if copies is not None:
+            copies = AugmentedCopies(copies.x[:, idx], copies.targets[:, idx])
+        checkpoint = layout.checkpoint(self.params, f"{name}-warm_start")
+        result = Trainer(
+            self.stage,
+            model,
+            variant.losses,
+            replace(self.cfg, epochs=ws.epochs),
+            self.runtime,
+            augmenters=self.augmentation.online,
+            teacher=variant.teacher,
+            copies=copies,
+            checkpoint=checkpoint,
+            label=f"{variant.name} warm start".strip(),
+            lr_scale=lr_scale,
+            on_epoch=lambda epoch, m: log({f"warm_start.{k}": v for k, v in m.items()}, step=epoch),
+        ).fit(Split(train.x[idx], train.y[idx]), self.splits["val"])
+        print(
+            f"[{self.stage}] {variant.name}: warm start on {n} of {len(train)} images for {ws.epochs} "
+            f"epochs ({result.seconds:.0f} s), then the whole split"
+        )
+        return {
+            "fraction": ws.fraction,
+            "epochs": ws.epochs,
+            "images": n,
+            "seconds": round(result.seconds, 2),
+            "checkpoint": checkpoint,
+        }
+
     def _save(
-        self, out: Path, model: nn.Module, losses: LossSet, result: TrainResult, test_acc: float
+        self,
+        out: Path,
+        model: nn.Module,
+        losses: LossSet,
+        result: TrainResult,
+        test_acc: float,
+        warm: dict[str, Any] | None,
     ) -> list[str]:
         """Weights, sidecar, history and trainable loss modules of a trained variant; the files written."""
         extra = {
@@ -176,6 +249,8 @@ class StageTraining:
             "epochs": self.cfg.epochs,
             "resumed_from_epoch": result.resumed_from,
         }
+        if warm is not None:
+            extra["warm_start"] = {k: v for k, v in warm.items() if k != "checkpoint"}
         save_model(out, model, self.model.spec, self.runtime.num_classes, IN_CHANNELS, self.model.info, extra)
         write_text(out / layout.HISTORY, history_csv(result.history))
         saved = [layout.WEIGHTS, layout.META, layout.HISTORY]

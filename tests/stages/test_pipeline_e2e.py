@@ -235,3 +235,32 @@ def test_failed_stage_leaves_lock_and_previous_outputs_in_place(repro, pipeline_
         assert "Running stage 'prepare'" not in rerun.stdout and "Running stage 'teacher'" not in rerun.stdout
     finally:
         params_file.write_text(original)
+
+
+def test_warm_start_through_dvc_exp_run_reruns_only_the_stages_after_the_teacher(repro, pipeline_env):
+    """Sub-model weight transfer selected from the command line: a real `dvc exp run --temp -S`."""
+    from mlflow.tracking import MlflowClient
+
+    repo, _ = repro
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("distillops")
+
+    def stage_runs(stage: str) -> list:
+        return client.search_runs([exp.experiment_id], f"tags.`distillops.stage` = '{stage}'")
+
+    teachers_before = len(stage_runs("teacher"))
+    out = sh(
+        ["dvc", "exp", "run", "--temp", "-S", "distill.warm_start={fraction: 0.5, epochs: 1}"],
+        repo,
+        pipeline_env,
+    )
+    assert "Running stage 'distill'" in out.stdout and "Running stage 'teacher'" not in out.stdout
+    assert "warm start on 256 of 512 images for 1 epochs" in out.stdout + out.stderr
+    assert len(stage_runs("teacher")) == teachers_before
+    distill = stage_runs("distill")[0]  # the newest
+    assert distill.data.params["distill.warm_start.fraction"] == "0.5"
+    student = client.search_runs(
+        [exp.experiment_id],
+        f"tags.`mlflow.parentRunId` = '{distill.info.run_id}' and tags.`distillops.variant` = 'student'",
+    )[0]
+    assert "warm_start.val_accuracy" in student.data.metrics and "val_accuracy" in student.data.metrics

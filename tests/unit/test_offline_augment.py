@@ -59,7 +59,9 @@ def test_write_and_load_round_trip_and_clear_errors(tmp_path):
     with pytest.raises(DataError, match="training split has 65"):
         offline_copies.load(tmp_path, 65)
     offline_copies.write(tmp_path, params, len(split), None)  # online mode: manifest only, no stale copies
-    assert not (tmp_path / offline_copies.COPIES).exists() and offline_copies.manifest(tmp_path)["copies"] == 0
+    assert (
+        not (tmp_path / offline_copies.COPIES).exists() and offline_copies.manifest(tmp_path)["copies"] == 0
+    )
 
 
 class CountingTeacher(nn.Module):

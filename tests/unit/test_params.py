@@ -13,7 +13,9 @@ from tests.conftest import REPO
 def _merge(base: dict, over: dict) -> dict:
     out = dict(base)
     for key, value in over.items():
-        out[key] = _merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+        out[key] = (
+            _merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+        )
     return out
 
 
@@ -115,6 +117,9 @@ def test_wrong_types_name_the_key(tmp_path, data, key, expected):
         ({"distill": {"losses": []}}, "distill.losses"),
         ({"export": {"atol": 0}}, "export.atol"),
         ({"transfer": {"lr": -1}}, "transfer.lr"),
+        ({"distill": {"warm_start": {"fraction": 0, "epochs": 1}}}, "distill.warm_start.fraction"),
+        ({"distill": {"warm_start": {"fraction": 0.1, "epochs": 0}}}, "distill.warm_start.epochs"),
+        ({"distill": {"warm_start": {"fraction": 0.1}}}, "distill.warm_start.epochs"),
     ],
 )
 def test_invalid_values_name_the_key(tmp_path, data, key):

@@ -165,7 +165,16 @@ def test_cli_plugins_list_table_shows_group_name_distribution():
 
 def test_cli_markdown_table_lists_parameters_with_defaults():
     out = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "plugins", "list", "--markdown", "--distribution", "distillops"],
+        [
+            sys.executable,
+            "-m",
+            "pipeline.cli",
+            "plugins",
+            "list",
+            "--markdown",
+            "--distribution",
+            "distillops",
+        ],
         capture_output=True,
         text=True,
         check=True,

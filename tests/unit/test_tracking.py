@@ -65,9 +65,7 @@ def test_interrupt_marks_run_killed(mlflow_store, tmp_path, monkeypatch):
     assert next(r for r in all_runs if r.info.run_name == "teacher").info.status == "KILLED"
 
 
-def test_runs_left_running_by_dead_process_are_marked_killed(
-    mlflow_store, tmp_path, monkeypatch
-):
+def test_runs_left_running_by_dead_process_are_marked_killed(mlflow_store, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
