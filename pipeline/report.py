@@ -110,6 +110,13 @@ def summary(m: dict[str, float], params: Any) -> str:
     ]
     lines = ["", "Results (test accuracy)"]
     lines += [f"  {name:22} {acc:.4f}  {extra}".rstrip() for name, acc, extra in rows]
+    if "student.left_out_accuracy" in m:
+        lines.append(
+            f"  left-out classes {list(params.distill.exclude_classes)}: distilled "
+            f"{m['student.left_out_accuracy']:.4f}, {m['student.left_out_accuracy_after_bias']:.4f} after a "
+            f"bias of {m['student.left_out_bias']:g} (chosen on validation); alone "
+            f"{m['student_alone.left_out_accuracy']:.4f} / {m['student_alone.left_out_accuracy_after_bias']:.4f}"
+        )
     lines += [
         f"  latency batch 1: PyTorch {m['student.latency_ms.torch_b1']:.3f} ms, ONNX Runtime "
         f"{m['student.latency_ms.onnx_b1']:.3f} ms",

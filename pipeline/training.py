@@ -227,6 +227,9 @@ class Trainer:
     # learning-rate multiplier per parameter name (e.g. a smaller one for transferred layers)
     lr_scale: Callable[[str], float] | None = None
     on_epoch: Callable[[int, dict[str, float]], None] | None = None
+    # called with the model and the 0-based epoch after the model is put in training mode, e.g. to
+    # freeze or unfreeze layers (frozen parameters: requires_grad False, their modules in eval mode)
+    before_epoch: Callable[[nn.Module, int], None] | None = None
 
     def __post_init__(self) -> None:
         if self.copies is not None and self.augmenters:
@@ -356,16 +359,17 @@ class Trainer:
         self.losses.modules.to(self.device)
 
     def _optimizer(self) -> torch.optim.Optimizer:
-        """Trainable parameters of the model and of the loss modules, grouped by learning rate."""
+        """The parameters of the model and of the loss modules, grouped by learning rate. Parameters
+        frozen now (``requires_grad`` False) are included too, so that unfreezing them later trains
+        them; while they get no gradient the optimizer leaves them alone."""
         groups: dict[float, list[nn.Parameter]] = {}
         named = [
             *self.model.named_parameters(),
             *(("loss." + n, p) for n, p in self.losses.modules.named_parameters()),
         ]
         for name, param in named:
-            if param.requires_grad:
-                scale = self.lr_scale(name) if self.lr_scale is not None else 1.0
-                groups.setdefault(float(scale), []).append(param)
+            scale = self.lr_scale(name) if self.lr_scale is not None else 1.0
+            groups.setdefault(float(scale), []).append(param)
         return _make_optimizer(
             [{"params": params, "lr": self.cfg.lr * scale} for scale, params in groups.items()], self.cfg
         )
@@ -426,6 +430,8 @@ class Trainer:
         """Train one epoch from ``run.progress.step``; on a signal, checkpoint and raise at a step
         boundary."""
         self.model.train()
+        if self.before_epoch is not None:
+            self.before_epoch(self.model, epoch)
         cfg, progress = self.cfg, run.progress
         index = epoch % len(run.views)
         x_all, t_all = run.views[index]

@@ -10,6 +10,7 @@ Outputs (``paths.transferred`` and ``paths.scratch``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from torch import nn
@@ -106,6 +107,41 @@ class CopyFrom:
         return _body_lr_scale(head, cfg.body_lr_scale)
 
 
+class Unfreezing:
+    """Which layers of the transferred model train, epoch by epoch (``transfer.variant``).
+
+    The layers are the modules that hold parameters themselves. The head always trains.
+    ``linear_probe``: the copied body never does (a linear probe of the transferred features).
+    ``gradual``: the body unfreezes from the top down (gradual unfreezing, as in Howard and Ruder,
+    "Universal Language Model Fine-tuning", ACL 2018): epoch 0 trains the head alone, and by the middle
+    epoch every layer trains, an equal share of the body's layers joining at each epoch in between.
+    A frozen layer gets no gradient and runs in eval mode (its BatchNorm statistics stay as copied).
+    """
+
+    def __init__(self, variant: str, head: tuple[str, ...], epochs: int) -> None:
+        self.variant, self.head_names = variant, head
+        self.full_at = max(1, math.ceil(epochs / 2))  # the epoch from which everything trains
+
+    def trainable_body_layers(self, layers: int, epoch: int) -> int:
+        if self.variant == "linear_probe":
+            return 0
+        return min(layers, math.ceil(layers * epoch / self.full_at))
+
+    def __call__(self, model: nn.Module, epoch: int) -> None:
+        head = find_head(model, self.head_names)
+        body = [
+            module
+            for name, module in model.named_modules()
+            if name and not _in(name, head) and next(module.parameters(recurse=False), None) is not None
+        ]
+        trainable = self.trainable_body_layers(len(body), epoch)
+        for i, module in enumerate(body):
+            train = i >= len(body) - trainable  # the top layers first
+            module.train(train)
+            for param in module.parameters(recurse=False):
+                param.requires_grad_(train)
+
+
 def run(ctx: StageContext) -> dict[str, Fitted]:
     params, cfg = ctx.params, ctx.params.transfer
     runtime = Runtime.from_params(params.runtime, params.seed, NUM_CLASSES)
@@ -126,7 +162,12 @@ def run(ctx: StageContext) -> dict[str, Fitted]:
     copy = CopyFrom(source, params)
     variants = [
         Variant("scratch", LossSet.build(losses, "transfer")),
-        Variant("transferred", LossSet.build(losses, "transfer"), init=copy),
+        Variant(
+            "transferred",
+            LossSet.build(losses, "transfer"),
+            init=copy,
+            before_epoch=None if cfg.variant == "finetune" else Unfreezing(cfg.variant, cfg.head, cfg.epochs),
+        ),
     ]
     with tracking.stage_run("transfer", params, ctx.params_file, training.tags(variants)) as tracker:
         fitted = training.run(tracker, variants)
@@ -139,7 +180,7 @@ def run(ctx: StageContext) -> dict[str, Fitted]:
             }
         )
         print(
-            f"[transfer] transferred {transferred:.4f} vs scratch {scratch:.4f}: gain "
+            f"[transfer] {cfg.variant}: transferred {transferred:.4f} vs scratch {scratch:.4f}: gain "
             f"{(transferred - scratch) * 100:+.2f} pt ({len(splits['finetune'])} labelled target images)"
         )
     return fitted

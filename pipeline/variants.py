@@ -62,6 +62,8 @@ class Variant:
     # prepares the freshly built model (e.g. copies weights in); may return a learning-rate scale per
     # parameter name
     init: Callable[[nn.Module], Callable[[str], float] | None] | None = None
+    # freezes or unfreezes layers at the start of each epoch (Trainer.before_epoch)
+    before_epoch: Callable[[nn.Module, int], None] | None = None
 
 
 @dataclass
@@ -113,6 +115,20 @@ class StageTraining:
             warm_start=warm_start,
         )
 
+    def without_classes(self, classes: Sequence[int]) -> int:
+        """Drop the training images of ``classes`` (from the offline copies too); how many were dropped."""
+        if not classes:
+            return 0
+        train = self.splits[self.train_split]
+        keep = ~np.isin(train.y, np.asarray(classes))
+        self.splits = {**self.splits, self.train_split: Split(train.x[keep], train.y[keep])}
+        copies = self.augmentation.copies
+        if copies is not None:
+            self.augmentation = replace(
+                self.augmentation, copies=AugmentedCopies(copies.x[:, keep], copies.targets[:, keep])
+            )
+        return int((~keep).sum())
+
     def tags(self, variants: Sequence[Variant]) -> dict[str, str]:
         """Plugin tags of the augmentation, the variants' losses and the model."""
         plugins = [*self.augmentation.plugins, *(p for v in variants for p in v.losses.plugins)]
@@ -162,6 +178,7 @@ class StageTraining:
             label=variant.name if nested else "",
             lr_scale=lr_scale,
             on_epoch=lambda epoch, metrics: log(metrics, step=epoch),
+            before_epoch=variant.before_epoch,
         )
         result = trainer.fit(self.splits[self.train_split], self.splits["val"])
         test = self.splits["test"]

@@ -264,3 +264,21 @@ def test_warm_start_through_dvc_exp_run_reruns_only_the_stages_after_the_teacher
         f"tags.`mlflow.parentRunId` = '{distill.info.run_id}' and tags.`distillops.variant` = 'student'",
     )[0]
     assert "warm_start.val_accuracy" in student.data.metrics and "val_accuracy" in student.data.metrics
+
+
+def test_left_out_classes_are_reported_before_and_after_the_bias(repro, pipeline_env):
+    """The dark-knowledge check through a real `dvc exp run --temp -S distill.exclude_classes=[3]`."""
+    from mlflow.tracking import MlflowClient
+
+    repo, _ = repro
+    out = sh(["dvc", "exp", "run", "--temp", "-S", "distill.exclude_classes=[3]"], repo, pipeline_env)
+    assert "classes [3] left out of the transfer set" in out.stdout + out.stderr
+    assert "Running stage 'teacher'" not in out.stdout
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("distillops")
+    evaluate = client.search_runs([exp.experiment_id], "tags.`distillops.stage` = 'evaluate'")[0]
+    metrics = evaluate.data.metrics
+    for key in ("student.left_out_accuracy", "student.left_out_accuracy_after_bias", "student.left_out_bias"):
+        assert key in metrics, key
+    # a bias on class 3 can only turn more of its images into predicted 3s
+    assert metrics["student.left_out_accuracy_after_bias"] >= metrics["student.left_out_accuracy"]

@@ -9,7 +9,7 @@ from pipeline.errors import DistillopsError
 from pipeline.onnx_model import check_parity, export_onnx, ort_session
 from pipeline.params import PluginSpec
 from pipeline.selection import create
-from pipeline.transfer import find_head, transfer_weights
+from pipeline.transfer import Unfreezing, find_head, transfer_weights
 
 
 def lenet(seed: int, classes: int = 10) -> torch.nn.Module:
@@ -107,3 +107,56 @@ def test_standalone_predict_class_names_match_the_dataset():
     from pipeline import data, predict
 
     assert predict.FASHION_CLASSES == data.FASHION_CLASSES  # predict keeps its own copy to stay standalone
+
+
+def _frozen(model: torch.nn.Module) -> dict[str, bool]:
+    """Parameter name -> whether it is frozen."""
+    return {name: not p.requires_grad for name, p in model.named_parameters()}
+
+
+def test_linear_probe_keeps_the_copied_body_frozen_and_in_eval_mode():
+    model = create("models", PluginSpec("resnet8"), num_classes=10, in_channels=1)[0].train()
+    unfreeze = Unfreezing("linear_probe", ("auto",), epochs=6)
+    for epoch in range(6):
+        unfreeze(model, epoch)
+        frozen = _frozen(model)
+        assert not frozen["fc.weight"] and not frozen["fc.bias"]
+        assert all(frozen[n] for n in frozen if not n.startswith("fc."))
+        assert not model.stem[1].training and model.fc.training  # frozen BatchNorm keeps its statistics
+
+
+def test_gradual_unfreezing_goes_from_the_top_down_and_is_complete_by_the_middle_epoch():
+    model = lenet(0).train()
+    unfreeze = Unfreezing("gradual", ("auto",), epochs=4)  # body: features.0 and features.3
+    seen = []
+    for epoch in range(4):
+        unfreeze(model, epoch)
+        frozen = _frozen(model)
+        assert not any(frozen[n] for n in frozen if n.startswith(("classifier.", "fc.")))  # the head
+        seen.append((frozen["features.0.weight"], frozen["features.3.weight"]))
+    assert seen == [(True, True), (True, False), (False, False), (False, False)]
+
+
+def test_layers_frozen_at_the_start_are_trained_once_unfrozen():
+    from pipeline.loss_set import LossSet
+    from pipeline.params import LossSpec
+    from pipeline.training import Trainer
+    from tests.conftest import train_cfg
+    from tests.unit.test_training import RUNTIME, toy_split
+
+    model = lenet(0).train()
+    first_conv = model.features[0].weight.detach().clone()
+    probe = lenet(0).train()
+    cfg = train_cfg(epochs=3, batch_size=32, augment=False)
+    for m, variant in ((model, "gradual"), (probe, "linear_probe")):
+        Trainer(
+            "transfer",
+            m,
+            LossSet.from_specs([LossSpec("ce")], "transfer"),
+            cfg,
+            RUNTIME,
+            before_epoch=Unfreezing(variant, ("auto",), cfg.epochs),
+        ).fit(toy_split(96, 0), toy_split(32, 1))
+    assert not torch.equal(model.features[0].weight, first_conv)  # unfrozen at epoch 2, then trained
+    assert torch.equal(probe.features[0].weight, first_conv)  # never unfrozen: untouched
+    assert not torch.equal(probe.fc.weight, lenet(0).fc.weight)  # the head trained

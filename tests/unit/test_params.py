@@ -120,6 +120,8 @@ def test_wrong_types_name_the_key(tmp_path, data, key, expected):
         ({"distill": {"warm_start": {"fraction": 0, "epochs": 1}}}, "distill.warm_start.fraction"),
         ({"distill": {"warm_start": {"fraction": 0.1, "epochs": 0}}}, "distill.warm_start.epochs"),
         ({"distill": {"warm_start": {"fraction": 0.1}}}, "distill.warm_start.epochs"),
+        ({"distill": {"exclude_classes": [-1]}}, "distill.exclude_classes"),
+        ({"transfer": {"variant": "freeze"}}, "transfer.variant"),
     ],
 )
 def test_invalid_values_name_the_key(tmp_path, data, key):
