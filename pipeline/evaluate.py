@@ -260,6 +260,13 @@ def run(ctx: StageContext) -> dict[str, float]:
         metrics |= _latency_metrics(params, models)
         metrics |= _left_out_metrics(params, models, tests)
         metrics["distill.gain"] = metrics["student.accuracy"] - metrics["student_alone.accuracy"]
+        gap = metrics["teacher.accuracy"] - metrics["student_alone.accuracy"]
+        if gap > 0:  # the share of the teacher-student gap that distillation closed
+            metrics["distill.gap_closed"] = metrics["distill.gain"] / gap
+        metrics["compression.parameters"] = metrics["teacher.parameters"] / metrics["student.parameters"]
+        metrics["compression.latency_torch_b1"] = (
+            metrics["teacher.latency_ms.torch_b1"] / metrics["student.latency_ms.torch_b1"]
+        )
         metrics["transfer.gain"] = metrics["transfer.accuracy"] - metrics["transfer.scratch_accuracy"]
         metrics["student.onnx_speedup_b1"] = (
             metrics["student.latency_ms.torch_b1"] / metrics["student.latency_ms.onnx_b1"]

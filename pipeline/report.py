@@ -28,6 +28,7 @@ DEFAULT_METRICS = (
     "student_alone.accuracy",
     "student.accuracy",
     "distill.gain",
+    "distill.gap_closed",
     "transfer.accuracy",
     "transfer.scratch_accuracy",
 )
@@ -117,9 +118,16 @@ def summary(m: dict[str, float], params: Any) -> str:
             f"bias of {m['student.left_out_bias']:g} (chosen on validation); alone "
             f"{m['student_alone.left_out_accuracy']:.4f} / {m['student_alone.left_out_accuracy_after_bias']:.4f}"
         )
+    gap_closed = (
+        f", {m['distill.gap_closed']:.0%} of the teacher-student gap closed"
+        if "distill.gap_closed" in m
+        else ""
+    )
     lines += [
         f"  latency batch 1: PyTorch {m['student.latency_ms.torch_b1']:.3f} ms, ONNX Runtime "
         f"{m['student.latency_ms.onnx_b1']:.3f} ms",
+        f"  compression: {m['compression.parameters']:.2f}x fewer parameters, "
+        f"{m['compression.latency_torch_b1']:.1f}x lower PyTorch batch-1 latency than the teacher{gap_closed}",
         "",
         "Where things are",
         f"  metrics        {params.paths.metrics}   (dvc metrics show)",

@@ -74,6 +74,12 @@ def test_metrics_have_the_contract_keys_with_sane_values(repro):
             assert 0.0 <= metrics[key] <= 1.0, key
     assert metrics["student.onnx_accuracy"] == pytest.approx(metrics["student.accuracy"], abs=0.01)
     assert metrics["student.onnx_bytes"] == (repo / "models/onnx/student.onnx").stat().st_size
+    assert metrics["compression.parameters"] == metrics["teacher.parameters"] / metrics["student.parameters"]
+    gap = metrics["teacher.accuracy"] - metrics["student_alone.accuracy"]
+    if gap > 0:
+        assert metrics["distill.gap_closed"] == pytest.approx(metrics["distill.gain"] / gap)
+    else:  # no gap to close on this tiny run: no ratio rather than a meaningless one
+        assert "distill.gap_closed" not in metrics
 
 
 def test_dvc_lists_the_metrics(repro, pipeline_env):
