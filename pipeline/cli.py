@@ -6,7 +6,7 @@ distillops plugins list [--json | --markdown]   every plugin: group, name, distr
                                    so that plugins that loaded before are not imported again
 distillops plugins check           import every plugin and run the contract checks on it
 distillops summary                 the last run's results and where its outputs are (from paths.metrics)
-distillops report [--metric M ...]   mean +- std over seeds of the final metrics, per configuration (MLflow)
+distillops report [--metric M ...]   mean +- std over seeds per configuration (MLflow): table + figure
 distillops predict MODEL.onnx IMAGES.npy   classify images with ONNX Runtime alone
 """
 
@@ -200,6 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI or the repo's SQLite)"
     )
+    report.add_argument(
+        "--out", default="reports/methods", help="writes OUT.md and OUT.png (default: reports/methods)"
+    )
+    report.add_argument("--no-log", action="store_true", help="do not log the table and figure to MLflow")
     report.set_defaults(func=cmd_report)
     pred = sub.add_parser("predict", help="classify images with an exported ONNX model (onnxruntime + numpy)")
     pred.add_argument("model")

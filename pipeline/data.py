@@ -58,18 +58,44 @@ Do one of:
   * with internet access: set data.source to 'auto' or 'download' so torchvision fetches them{why}"""
 
 
+UNLABELLED = -1  # the label of an image whose label is withheld (the unlabelled pool)
+
+
 @dataclass(frozen=True)
 class Split:
-    """Images as uint8 ``[N, 1, 28, 28]`` and labels as int64 ``[N]``."""
+    """Images as uint8 ``[N, 1, 28, 28]`` and labels as int64 ``[N]`` (``UNLABELLED`` where withheld).
+
+    ``targets`` (float32 ``[N, classes]``), when set, are the rows a student trains on instead of the
+    one-hot labels: e.g. a teacher's scores of a transfer set.
+    """
 
     x: np.ndarray
     y: np.ndarray
+    targets: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.y)
 
     def head(self, limit: int | None) -> Split:
-        return self if limit is None else Split(self.x[:limit], self.y[:limit])
+        if limit is None:
+            return self
+        return Split(self.x[:limit], self.y[:limit], None if self.targets is None else self.targets[:limit])
+
+    def target_rows(self, num_classes: int) -> torch.Tensor:
+        """What a student trains on: ``targets``, or the one-hot labels (all-zero rows where unlabelled)."""
+        if self.targets is not None:
+            return torch.from_numpy(self.targets)
+        return one_hot(torch.from_numpy(self.y), num_classes)
+
+    @staticmethod
+    def concat(*splits: Split) -> Split:
+        """The splits one after another (targets only if every split has them)."""
+        targets = [s.targets for s in splits]
+        return Split(
+            np.concatenate([s.x for s in splits]),
+            np.concatenate([s.y for s in splits]),
+            None if any(t is None for t in targets) else np.concatenate(targets),
+        )
 
 
 def to_float(x: torch.Tensor) -> torch.Tensor:
@@ -78,8 +104,11 @@ def to_float(x: torch.Tensor) -> torch.Tensor:
 
 
 def one_hot(y: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Labels -> one-hot target rows (the augmenters' ``y``)."""
-    return F.one_hot(y, num_classes).float()
+    """Labels -> one-hot target rows (the augmenters' ``y``); an ``UNLABELLED`` label gives a zero row."""
+    labelled = y >= 0
+    if bool(labelled.all()):
+        return F.one_hot(y, num_classes).float()
+    return F.one_hot(y.clamp_min(0), num_classes).float() * labelled.unsqueeze(1)
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -212,7 +241,7 @@ def permutation(n: int, seed: int) -> np.ndarray:
 
 
 def take(split: Split, idx: np.ndarray) -> Split:
-    return Split(split.x[idx], split.y[idx])
+    return Split(split.x[idx], split.y[idx], None if split.targets is None else split.targets[idx])
 
 
 def save_splits(path: Path, splits: dict[str, Split]) -> None:

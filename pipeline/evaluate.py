@@ -152,8 +152,8 @@ def _onnx_metrics(params: Params, tests: dict[str, Split]) -> dict[str, float]:
 
 
 def _latency_metrics(params: Params, models: dict[str, nn.Module]) -> dict[str, float]:
-    """Median and p95 latency per batch size: teacher and student in PyTorch, the student (and its INT8
-    version) in ONNX Runtime with as many threads as PyTorch uses."""
+    """Median and p95 latency per batch size: teacher and student in PyTorch and in ONNX Runtime (with as
+    many threads as PyTorch uses), and the INT8 student in ONNX Runtime."""
     ev = params.evaluate
     w, r, threads = ev.latency_warmup, ev.latency_repeats, torch.get_num_threads()
     metrics = {}
@@ -161,7 +161,7 @@ def _latency_metrics(params: Params, models: dict[str, nn.Module]) -> dict[str, 
         metrics |= _latencies(
             name, "torch", lambda b, m=models[name]: torch_latency(m, b, w, r), ev.latency_batches
         )
-    for name in ("student", layout.INT8):
+    for name in ("teacher", "student", layout.INT8):
         path = layout.onnx_file(params, name)
         if path.exists():
             session = ort_session(path, threads)
@@ -264,9 +264,10 @@ def run(ctx: StageContext) -> dict[str, float]:
         if gap > 0:  # the share of the teacher-student gap that distillation closed
             metrics["distill.gap_closed"] = metrics["distill.gain"] / gap
         metrics["compression.parameters"] = metrics["teacher.parameters"] / metrics["student.parameters"]
-        metrics["compression.latency_torch_b1"] = (
-            metrics["teacher.latency_ms.torch_b1"] / metrics["student.latency_ms.torch_b1"]
-        )
+        for runtime in ("torch", "onnx"):  # how many times faster the student answers one image
+            metrics[f"compression.latency_{runtime}_b1"] = (
+                metrics[f"teacher.latency_ms.{runtime}_b1"] / metrics[f"student.latency_ms.{runtime}_b1"]
+            )
         metrics["transfer.gain"] = metrics["transfer.accuracy"] - metrics["transfer.scratch_accuracy"]
         metrics["student.onnx_speedup_b1"] = (
             metrics["student.latency_ms.torch_b1"] / metrics["student.latency_ms.onnx_b1"]

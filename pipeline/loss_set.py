@@ -20,7 +20,7 @@ from torch import nn
 
 from pipeline.errors import PluginError, TrainingDiverged
 from pipeline.params import LossSpec
-from pipeline.protocols import LossInputs, requires_teacher, student_taps, teacher_taps
+from pipeline.protocols import LossInputs, requires_teacher, student_taps, teacher_taps, uses_labels
 from pipeline.selection import Plugin, Selected
 
 
@@ -48,6 +48,7 @@ class LossSet:
         self.needs_teacher = tuple(t.name for t in terms if requires_teacher(t.plugin.obj))
         self.student_taps = tuple(dict.fromkeys(n for t in terms for n in student_taps(t.plugin.obj)))
         self.teacher_taps = tuple(dict.fromkeys(n for t in terms for n in teacher_taps(t.plugin.obj)))
+        self.label_free = tuple(t.name for t in terms if not uses_labels(t.plugin.obj))
         self.modules = nn.ModuleList([t.plugin.obj for t in terms if isinstance(t.plugin.obj, nn.Module)])
 
     @classmethod
@@ -81,11 +82,22 @@ class LossSet:
             )
 
     def __call__(self, inputs: LossInputs) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """(the weighted sum, to backpropagate; each term's value, in ``names`` order)."""
+        """(the weighted sum, to backpropagate; each term's value, in ``names`` order).
+
+        When ``inputs.labelled`` marks unlabelled rows, a term that uses labels sees the labelled rows
+        only (zero when the batch has none); the others see the whole batch.
+        """
         total: torch.Tensor | None = None
         values = []
+        labelled_only = None
         for term in self.terms:
-            value = term.plugin(inputs)
+            if inputs.labelled is None or term.name in self.label_free:
+                value = term.plugin(inputs)
+            else:
+                if labelled_only is None:  # the one host sync the unlabelled pool costs per step
+                    idx = inputs.labelled.nonzero().squeeze(1)
+                    labelled_only = inputs.rows(idx) if len(idx) else False
+                value = term.plugin(labelled_only) if labelled_only else inputs.student_logits.sum() * 0
             if not torch.is_tensor(value) or value.dim() != 0:
                 info = term.plugin.info
                 raise PluginError(

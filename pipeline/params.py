@@ -68,6 +68,7 @@ class DataParams:
     val_size: int
     train_limit: int | None
     test_limit: int | None
+    unlabelled_fraction: float
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,8 @@ class DistillParams(TrainParams):
     baseline_losses: tuple[LossSpec, ...]
     warm_start: WarmStart | None
     exclude_classes: tuple[int, ...]
+    procedure: str
+    scored_targets: str
 
 
 @dataclass(frozen=True)
@@ -142,6 +145,7 @@ class TransferParams(TrainParams):
     head: tuple[str, ...]
     body_lr_scale: float
     variant: str
+    order: str
 
 
 @dataclass(frozen=True)
@@ -190,6 +194,9 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "runtime.device": ("auto", "cpu", "cuda"),
     "augment.mode": ("online", "offline"),
     "transfer.variant": ("finetune", "linear_probe", "gradual"),
+    "transfer.order": ("distil_then_transfer", "transfer_then_distil"),
+    "distill.procedure": ("joint", "scored"),
+    "distill.scored_targets": ("hard", "soft"),
 }
 for _stage in ("teacher", "distill", "transfer"):
     _CHOICES[f"{_stage}.optimizer"] = ("adamw", "sgd")
@@ -346,6 +353,22 @@ def _check_values(p: Params, source: str) -> None:
             source,
             "distill.exclude_classes",
             f"class indices are >= 0, got {list(p.distill.exclude_classes)}",
+        )
+    if not 0 <= p.data.unlabelled_fraction < 1:
+        _fail(source, "data.unlabelled_fraction", f"must be in [0, 1), got {p.data.unlabelled_fraction}")
+    if p.distill.procedure == "scored" and p.distill.warm_start is not None:
+        _fail(
+            source,
+            "distill.warm_start",
+            "does not combine with distill.procedure: scored (the scored student already starts from the "
+            "student trained alone); set one of them back to its default",
+        )
+    if p.data.unlabelled_fraction > 0 and p.distill.exclude_classes:
+        _fail(
+            source,
+            "distill.exclude_classes",
+            "does not combine with data.unlabelled_fraction > 0 (the unlabelled pool's classes are unknown, "
+            "so its images of the left-out classes cannot be removed); set one of them back to its default",
         )
     if p.export.atol <= 0:
         _fail(source, "export.atol", f"must be > 0, got {p.export.atol}")

@@ -28,13 +28,24 @@ def split_source(train: data.Split, test: data.Split, params: Params) -> dict[st
         raise ParamsError(f"data.val_size ({val_size}) must be smaller than the training set ({len(train)})")
     perm = data.permutation(len(train), params.seed)
     val = data.take(train, perm[:val_size])
-    rest = data.take(train, perm[val_size:])
+    rest = data.take(train, perm[val_size:]).head(params.data.train_limit)
     test_perm = data.permutation(len(test), params.seed + 1)
-    return {
-        "train": rest.head(params.data.train_limit),
+    splits = {
+        "train": rest,
         "val": val.head(params.data.test_limit),
         "test": data.take(test, test_perm).head(params.data.test_limit),
     }
+    pool = round(params.data.unlabelled_fraction * len(rest))
+    if pool:  # the first `pool` images of the (already shuffled) training split lose their labels
+        if pool == len(rest):
+            raise ParamsError(
+                f"data.unlabelled_fraction ({params.data.unlabelled_fraction}) leaves no labelled training "
+                f"image out of {len(rest)}; lower it"
+            )
+        withheld = np.full(pool, data.UNLABELLED, dtype=np.int64)
+        splits["unlabelled"] = data.Split(rest.x[:pool], withheld)
+        splits["train"] = data.take(rest, np.arange(pool, len(rest)))
+    return splits
 
 
 def split_target(digits: data.Split, params: Params) -> dict[str, data.Split]:
@@ -57,7 +68,9 @@ def split_target(digits: data.Split, params: Params) -> dict[str, data.Split]:
 
 def _describe(splits: dict[str, data.Split]) -> dict[str, Any]:
     return {
-        name: {"count": len(s), "class_counts": np.bincount(s.y, minlength=data.NUM_CLASSES).tolist()}
+        name: {"count": len(s)}
+        if name == "unlabelled"
+        else {"count": len(s), "class_counts": np.bincount(s.y, minlength=data.NUM_CLASSES).tolist()}
         for name, s in splits.items()
     }
 

@@ -16,6 +16,10 @@ class LossInputs:
     ``targets`` are the (possibly mixed) label rows after augmentation, ``labels`` their argmax.
     ``student_features`` / ``teacher_features`` map a module name (as in ``named_modules()``) to that
     module's output, for the modules the loss asked for through ``student_taps`` / ``teacher_taps``.
+    ``labelled`` (bool ``[B]``) is set when the batch mixes in images whose labels are withheld (the
+    unlabelled pool, ``data.unlabelled_fraction``): their target rows are all zero. A loss that uses
+    labels (``uses_labels``, the default) is only ever called with the labelled rows and
+    ``labelled=None``; a loss with ``uses_labels = False`` (teacher-only losses) sees the whole batch.
     """
 
     student_logits: torch.Tensor
@@ -24,6 +28,18 @@ class LossInputs:
     labels: torch.Tensor
     student_features: Mapping[str, torch.Tensor] = field(default_factory=dict)
     teacher_features: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    labelled: torch.Tensor | None = None
+
+    def rows(self, idx: torch.Tensor) -> LossInputs:
+        """The inputs of the rows ``idx`` only (features too), as if the batch held nothing else."""
+        return LossInputs(
+            self.student_logits[idx],
+            None if self.teacher_logits is None else self.teacher_logits[idx],
+            self.targets[idx],
+            self.labels[idx],
+            {k: v[idx] for k, v in self.student_features.items()},
+            {k: v[idx] for k, v in self.teacher_features.items()},
+        )
 
 
 @runtime_checkable
@@ -40,6 +56,11 @@ class Loss(Protocol):
 
 def requires_teacher(loss: object) -> bool:
     return bool(getattr(loss, "requires_teacher", True))
+
+
+def uses_labels(loss: object) -> bool:
+    """Whether a loss reads ``targets`` or ``labels``; assumed unless it says otherwise."""
+    return bool(getattr(loss, "uses_labels", True))
 
 
 def student_taps(loss: object) -> tuple[str, ...]:

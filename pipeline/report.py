@@ -4,7 +4,9 @@
 ``distillops summary`` prints it again from ``paths.metrics`` (``make pipeline`` runs it after
 ``dvc repro``, which skips ``evaluate`` when nothing changed).
 
-``distillops report``: mean +- std over seeds of the pipeline's final metrics, from MLflow.
+``distillops report``: mean +- std over seeds of the pipeline's final metrics, from MLflow, printed and
+written as a markdown table and a figure (``reports/methods.md``, ``reports/methods.png``), which are
+also logged to MLflow in a run of their own (tag ``distillops.stage`` = ``report``).
 
 Every finished ``evaluate`` run carries the whole configuration as params and the final metrics, so a
 sweep (``dvc exp run --queue -S seed=1 -S ...``) needs nothing else: runs are grouped by their params
@@ -17,10 +19,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from pipeline.atomic import write_text
 from pipeline.errors import DistillopsError
 
 DEFAULT_METRICS = (
@@ -29,6 +34,10 @@ DEFAULT_METRICS = (
     "student.accuracy",
     "distill.gain",
     "distill.gap_closed",
+    "student.parameters",
+    "student.latency_ms.onnx_b1",
+    "compression.parameters",
+    "compression.latency_onnx_b1",
     "transfer.accuracy",
     "transfer.scratch_accuracy",
 )
@@ -126,7 +135,8 @@ def summary(m: dict[str, float], params: Any) -> str:
     lines += [
         f"  latency batch 1: PyTorch {m['student.latency_ms.torch_b1']:.3f} ms, ONNX Runtime "
         f"{m['student.latency_ms.onnx_b1']:.3f} ms",
-        f"  compression: {m['compression.parameters']:.2f}x fewer parameters, "
+        f"  compression: {m['compression.parameters']:.1f}x fewer parameters, "
+        f"{m.get('compression.latency_onnx_b1', float('nan')):.1f}x lower ONNX Runtime and "
         f"{m['compression.latency_torch_b1']:.1f}x lower PyTorch batch-1 latency than the teacher{gap_closed}",
         "",
         "Where things are",
@@ -138,6 +148,70 @@ def summary(m: dict[str, float], params: Any) -> str:
         f"  registry       models:/{params.mlflow.registered_model}/latest",
     ]
     return "\n".join(lines)
+
+
+def _label(config: dict[str, str], varying: Sequence[str]) -> str:
+    return ", ".join(f"{k}={config.get(k, '')}" for k in varying) or "all runs"
+
+
+def figure(varying: Sequence[str], groups: Sequence[Group], path: Path) -> Path:
+    """Per configuration: the distilled student's test accuracy (mean +- std) against the student alone
+    and the teacher, and the gain over the student alone in points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def stats(g: Group, key: str, scale: float = 1.0) -> tuple[float, float]:
+        v = [x * scale for x in g.values.get(key, [])]
+        if not v:
+            return float("nan"), 0.0
+        return statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0
+
+    labels = [f"{_label(g.config, varying)} ({len(g.seeds)} seeds)" for g in groups]
+    ys = list(range(len(groups)))
+    fig, (acc_ax, gain_ax) = plt.subplots(
+        1, 2, figsize=(13, 1.2 + 0.5 * len(groups)), sharey=True, gridspec_kw={"width_ratios": [3, 2]}
+    )
+    for key, name, marker in (
+        ("teacher.accuracy", "teacher", "s"),
+        ("student_alone.accuracy", "student alone", "o"),
+        ("student.accuracy", "distilled student", "D"),
+    ):
+        means, stds = zip(*(stats(g, key) for g in groups), strict=True)
+        acc_ax.errorbar(means, ys, xerr=stds, fmt=marker, capsize=3, label=name)
+    acc_ax.set_xlabel("test accuracy (mean +- std over seeds)")
+    acc_ax.legend(loc="lower left", fontsize=8)
+    means, stds = zip(*(stats(g, "distill.gain", 100.0) for g in groups), strict=True)
+    gain_ax.barh(ys, means, xerr=stds, capsize=3, color="tab:green")
+    gain_ax.axvline(0, color="black", linewidth=0.8)
+    gain_ax.set_xlabel("gain over the student alone (points)")
+    acc_ax.set_yticks(ys, labels, fontsize=8)
+    acc_ax.invert_yaxis()
+    for ax in (acc_ax, gain_ax):
+        ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def log_report(tracking_uri: str, experiment: str, files: Sequence[Path], runs: int) -> str:
+    """Log the report's files to a run of their own; its run id."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    run = client.create_run(
+        exp.experiment_id,
+        run_name="report",
+        tags={"distillops.stage": "report", "distillops.runs": str(runs)},
+    )
+    for file in files:
+        client.log_artifact(run.info.run_id, str(file), "report")
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
 
 
 def finished_evaluate_runs(tracking_uri: str, experiment: str) -> list[Any]:
@@ -174,6 +248,20 @@ def main(args: argparse.Namespace) -> int:
     if not runs:
         raise DistillopsError(f"experiment '{experiment}' in {uri} has no finished evaluate run yet")
     varying, groups = group_runs(runs, metrics)
-    print(f"{len(runs)} evaluate runs in '{experiment}' ({uri}), {len(groups)} configuration(s)\n")
-    print(markdown(varying, groups, metrics))
+    heading = f"{len(runs)} evaluate runs in '{experiment}' ({uri}), {len(groups)} configuration(s)"
+    table = markdown(varying, groups, metrics)
+    print(f"{heading}\n\n{table}")
+    out = Path(args.out)
+    md = out.with_suffix(".md")
+    png = figure(varying, groups, out.with_suffix(".png"))
+    write_text(
+        md,
+        f"# Results over seeds\n\n`distillops report` on {time.strftime('%Y-%m-%d %H:%M')}: {heading}. Mean +- "
+        f"std over seeds of each metric; one row per configuration (the params that differ are the first "
+        f"columns).\n\n{table}\n\n![accuracy and gain per configuration]({png.name})\n",
+    )
+    print(f"\nwrote {md} and {png}")
+    if not args.no_log:
+        run_id = log_report(uri, experiment, [md, png], len(runs))
+        print(f"logged to MLflow run {run_id} (experiment '{experiment}', artifacts under report/)")
     return 0

@@ -27,7 +27,7 @@ from torch import nn
 
 from pipeline import interrupts
 from pipeline.atomic import write_with
-from pipeline.data import Split, one_hot, to_float
+from pipeline.data import Split, to_float
 from pipeline.errors import DistillopsError
 from pipeline.loss_set import LossSet, feature_taps
 from pipeline.offline_copies import AugmentedCopies
@@ -251,6 +251,7 @@ class Trainer:
         self.cache_teacher = self.teacher is not None and not self.augmenters and not self.losses.teacher_taps
         self.teacher_passes = 0
         self._teacher_cache: dict[int, torch.Tensor] = {}
+        self._mixes_unlabelled = False  # set per fit: the training set holds images without labels
 
     # --- the loop --------------------------------------------------------------------------------------
     def fit(self, train: Split, val: Split) -> TrainResult:
@@ -292,6 +293,12 @@ class Trainer:
         views = self._views(train)
         if len(views[0][1]) == 0:
             raise DistillopsError(f"stage '{self.stage}': the training split is empty")
+        self._mixes_unlabelled = bool((views[0][1].sum(1) == 0).any())
+        if self._mixes_unlabelled and not self.losses.label_free:
+            raise DistillopsError(
+                f"stage '{self.stage}': the training set holds unlabelled images, but none of the losses "
+                f"{list(self.losses.names)} can learn from them (e.g. kd or pseudo_label can)"
+            )
         self._materialise_lazy(views[0])
         opt = self._optimizer()
         steps = self.cfg.epochs * math.ceil(len(views[0][1]) / self.cfg.batch_size)
@@ -317,7 +324,7 @@ class Trainer:
                 (torch.from_numpy(x), torch.from_numpy(t))
                 for x, t in map(self.copies.copy, range(len(self.copies)))
             ]
-        return [(torch.from_numpy(train.x), one_hot(torch.from_numpy(train.y), self.runtime.num_classes))]
+        return [(torch.from_numpy(train.x), train.target_rows(self.runtime.num_classes))]
 
     def _checkpoint_key(self, views: list[View]) -> str:
         """A checkpoint resumes only the same settings, architecture, teacher and training data."""
@@ -448,12 +455,13 @@ class Trainer:
         )
         for step in range(progress.step, batches):
             idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            readings = self._step(run, x_all[idx], t_all[idx], idx, cached)
+            readings, correct, labelled = self._step(run, x_all[idx], t_all[idx], idx, cached)
             b = len(idx)
             sums["loss"] += readings[0] * b
-            sums["correct"] += int(readings[-1])
+            sums["correct"] += int(correct)
             sums["seen"] += b
-            for name, value in zip(names, readings[1:-1], strict=True):
+            sums["labelled"] = sums.get("labelled", 0) + (b if labelled is None else int(labelled))
+            for name, value in zip(names, readings[1:], strict=True):
                 sums[name] = sums.get(name, 0.0) + value * b
             bar.update(1)
             if interrupts.pending() is not None:
@@ -477,7 +485,7 @@ class Trainer:
         seen = max(sums["seen"], 1)
         return {
             "train_loss": sums["loss"] / seen,
-            "train_accuracy": sums["correct"] / seen,
+            "train_accuracy": sums["correct"] / max(sums.get("labelled", seen), 1),
             "val_loss": float(F.cross_entropy(logits, labels)),
             "val_accuracy": accuracy(logits, labels),
             "lr": run.opt.param_groups[0]["lr"],
@@ -491,9 +499,11 @@ class Trainer:
         targets: torch.Tensor,
         cached: torch.Tensor | None,
         idx: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
-        """(weighted loss, its terms, correct predictions) for one batch of float images."""
+    ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor, torch.Tensor | None]:
+        """(weighted loss, its terms, correct predictions, labelled rows or None when all are) for one
+        batch of float images; unlabelled rows (all-zero targets) count for neither."""
         labels = targets.argmax(1)
+        labelled = targets.sum(1) > 0 if self._mixes_unlabelled else None
         with (
             feature_taps(self.teacher, self.losses.teacher_taps) as t_feats,
             feature_taps(self.model, self.losses.student_taps) as s_feats,
@@ -505,27 +515,36 @@ class Trainer:
                 with torch.no_grad():
                     t_logits = self.teacher(x)
             logits = self.model(x)
-            total, terms = self.losses(LossInputs(logits, t_logits, targets, labels, s_feats, t_feats))
-        return total, terms, (logits.argmax(1) == labels).sum()
+            inputs = LossInputs(logits, t_logits, targets, labels, s_feats, t_feats, labelled)
+            total, terms = self.losses(inputs)
+        hits = logits.argmax(1) == labels
+        if labelled is None:
+            return total, terms, hits.sum(), None
+        return total, terms, (hits & labelled).sum(), labelled.sum()
 
     def _step(
         self, run: _Fit, xb: torch.Tensor, tb: torch.Tensor, idx: torch.Tensor, cached: torch.Tensor | None
-    ) -> list[float]:
-        """One update; returns ``[total loss, term 1, ..., correct predictions]`` on the host."""
+    ) -> tuple[list[float], float, float | None]:
+        """One update; returns ``[total loss, term 1, ...]``, the correct predictions and the labelled
+        rows (None: all), on the host."""
         x = to_float(xb.to(self.device, non_blocking=True)).contiguous(memory_format=self.memory_format)
         targets = tb.to(self.device, non_blocking=True)
         for aug in self.augmenters:
             x, targets = aug(x, targets, run.g)
-        total, terms, correct = self._forward(x, targets, cached, idx)
+        total, terms, correct, labelled = self._forward(x, targets, cached, idx)
         run.opt.zero_grad(set_to_none=True)
         total.backward()
         # the step's one host sync: the loss readings (for the guard and the running metrics) and the
-        # count of correct predictions, read back together
-        host = torch.stack([total.detach(), *(t.detach() for t in terms), correct.to(total.dtype)]).tolist()
-        self.losses.guard(host[:-1])
+        # counts of correct predictions (and labelled rows), read back together
+        counts = [correct] if labelled is None else [correct, labelled]
+        host = torch.stack(
+            [total.detach(), *(t.detach() for t in terms), *(c.to(total.dtype) for c in counts)]
+        ).tolist()
+        readings = host[: len(terms) + 1]
+        self.losses.guard(readings)
         run.opt.step()
         run.sched.step()
-        return host
+        return readings, host[len(terms) + 1], None if labelled is None else host[-1]
 
 
 class _NoBar:

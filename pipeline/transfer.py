@@ -1,9 +1,18 @@
-"""Stage 4, transfer: adapt the distilled student to the target task, against a from-scratch baseline.
+"""Stage 4, transfer: adapt to the target task, against a from-scratch baseline.
 
-The transferred model is the student architecture built for the target classes, with every weight
-copied from the distilled student except the head (``transfer.head``: module names, or ``auto`` for
-the fully connected layers after the last convolution), which starts fresh. The baseline is the same
-architecture, same seed, same target data and training, starting from random weights.
+``transfer.order`` says what is adapted:
+- ``distil_then_transfer`` (default): the transferred model is the student architecture built for the
+  target classes, with every weight copied from the distilled student except the head
+  (``transfer.head``: module names, or ``auto`` for the fully connected layers after the last
+  convolution), which starts fresh.
+- ``transfer_then_distil``: the teacher is adapted that way instead (copied from the source teacher,
+  trained on the target's labelled images), then the student architecture is distilled from the adapted
+  teacher on the same images with ``distill.losses``, starting from random weights: the source task
+  reaches the student only through the adapted teacher. The adapted teacher is saved in
+  ``paths.transferred``/teacher.
+
+``transfer.variant`` (finetune, linear_probe, gradual) says how the copied model is trained. The
+baseline is the student architecture, same seed, same target data and training, from random weights.
 
 Outputs (``paths.transferred`` and ``paths.scratch``).
 """
@@ -12,19 +21,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 from torch import nn
 
 from pipeline import layout, runner, tracking
 from pipeline.atomic import write_json
-from pipeline.data import NUM_CLASSES, load_splits
+from pipeline.data import NUM_CLASSES, Split, load_splits
 from pipeline.errors import DistillopsError
 from pipeline.loss_set import LossSet
 from pipeline.modelio import load_model
 from pipeline.params import Params
 from pipeline.runner import StageContext
+from pipeline.selection import Selections
+from pipeline.tracking import Tracker
 from pipeline.training import Runtime
 from pipeline.variants import Augmentation, Fitted, StageTraining, Variant
+
+ADAPTED_TEACHER = "teacher"  # the adapted teacher's folder inside paths.transferred (transfer_then_distil)
 
 
 def find_head(model: nn.Module, names: tuple[str, ...] = ("auto",)) -> tuple[str, ...]:
@@ -85,11 +100,12 @@ def _body_lr_scale(head: tuple[str, ...], scale: float) -> Callable[[str], float
 
 
 class CopyFrom:
-    """The transferred variant's initialisation: every weight of ``source`` but the head's, which
-    starts fresh; copied layers then learn at ``transfer.body_lr_scale`` times the learning rate."""
+    """A transferred variant's initialisation: every weight of ``source`` but the head's, which
+    starts fresh; copied layers then learn at ``transfer.body_lr_scale`` times the learning rate.
+    What was copied is written to ``out``/transfer.json."""
 
-    def __init__(self, source: nn.Module, params: Params) -> None:
-        self.source, self.params = source, params
+    def __init__(self, source: nn.Module, params: Params, source_name: str, out: Path) -> None:
+        self.source, self.params, self.source_name, self.out = source, params, source_name, out
         self.report: dict[str, list[str]] = {"copied": [], "fresh": []}
 
     def __call__(self, model: nn.Module) -> Callable[[str], float]:
@@ -97,11 +113,10 @@ class CopyFrom:
         head = find_head(model, cfg.head)
         self.report = transfer_weights(self.source, model, head)
         write_json(
-            layout.model_dir(self.params, "transferred") / "transfer.json",
-            {"head": list(head), **self.report},
+            self.out / "transfer.json", {"source": self.source_name, "head": list(head), **self.report}
         )
         print(
-            f"[transfer] copied {len(self.report['copied'])} tensors from the distilled student; "
+            f"[transfer] copied {len(self.report['copied'])} tensors from the {self.source_name}; "
             f"head {list(head)} starts fresh ({len(self.report['fresh'])} tensors)"
         )
         return _body_lr_scale(head, cfg.body_lr_scale)
@@ -142,46 +157,100 @@ class Unfreezing:
                 param.requires_grad_(train)
 
 
-def run(ctx: StageContext) -> dict[str, Fitted]:
-    params, cfg = ctx.params, ctx.params.transfer
-    runtime = Runtime.from_params(params.runtime, params.seed, NUM_CLASSES)
-    splits = load_splits(layout.prepared(params, layout.TARGET_FILE))
-    source, _meta = load_model(layout.model_dir(params, "student"), "cpu")
-    training = StageTraining(
+def adapted(
+    params: Params, plugins: Selections, name: str, source: str, out: Path, model: str | None = None
+) -> tuple[Variant, CopyFrom]:
+    """``source``'s trained model (teacher or student) copied into a model for the target task and
+    trained there as ``transfer.variant`` says."""
+    cfg = params.transfer
+    weights, _meta = load_model(layout.model_dir(params, source), "cpu")
+    copy = CopyFrom(weights, params, "distilled student" if source == "student" else source, out)
+    before_epoch = None if cfg.variant == "finetune" else Unfreezing(cfg.variant, cfg.head, cfg.epochs)
+    variant = Variant(
+        name,
+        LossSet.build(plugins.losses("transfer.losses"), "transfer"),
+        init=copy,
+        before_epoch=before_epoch,
+        model=plugins.model(model) if model else None,
+        out=out,
+        meta={"order": cfg.order, "variant": cfg.variant},
+    )
+    return variant, copy
+
+
+@dataclass
+class Plan:
+    """What the transfer stage trains, in order."""
+
+    scratch: Variant  # the student architecture from random weights: the baseline
+    first: Variant  # the copied model: the distilled student, or (transfer_then_distil) the teacher
+    copy: CopyFrom
+    then: Variant | None  # transfer_then_distil: the student distilled from the adapted teacher
+
+    @classmethod
+    def of(cls, params: Params, plugins: Selections) -> Plan:
+        out = layout.model_dir(params, "transferred")
+        scratch = Variant("scratch", LossSet.build(plugins.losses("transfer.losses"), "transfer"))
+        if params.transfer.order == "distil_then_transfer":
+            first, copy = adapted(params, plugins, "transferred", "student", out)
+            return cls(scratch, first, copy, None)
+        first, copy = adapted(params, plugins, "teacher", "teacher", out / ADAPTED_TEACHER, "teacher.model")
+        then = Variant(
+            "transferred",
+            LossSet.build(plugins.losses("distill.losses"), "transfer"),
+            meta={"order": params.transfer.order, "distilled_from": f"{out.name}/{ADAPTED_TEACHER}"},
+        )
+        return cls(scratch, first, copy, then)
+
+    @property
+    def variants(self) -> list[Variant]:
+        return [self.scratch, self.first, *([self.then] if self.then else [])]
+
+    def train(
+        self, training: StageTraining, tracker: Tracker, scratch: bool = True
+    ) -> tuple[dict[str, Fitted], dict[str, float]]:
+        """Train the plan (without the baseline unless ``scratch``); the models and the stage's metrics."""
+        fitted = training.run(tracker, [self.scratch, self.first] if scratch else [self.first], nested=True)
+        metrics = {
+            "copied_tensors": len(self.copy.report["copied"]),
+            "fresh_tensors": len(self.copy.report["fresh"]),
+        }
+        if self.then is not None:
+            self.then.teacher = fitted["teacher"].model
+            fitted |= training.run(tracker, [self.then], nested=True)
+            metrics["adapted_teacher_accuracy"] = fitted["teacher"].test_accuracy
+        return fitted, metrics
+
+
+def target_training(params: Params, plugins: Selections, splits: dict[str, Split]) -> StageTraining:
+    """The transfer stage's training on the target task's labelled images (``finetune``)."""
+    cfg = params.transfer
+    return StageTraining(
         "transfer",
         params,
         cfg,
-        ctx.plugins.model("student.model"),
-        runtime,
+        plugins.model("student.model"),
+        Runtime.from_params(params.runtime, params.seed, NUM_CLASSES),
         splits,
         train_split="finetune",
         # another dataset than the one the offline copies were made from: always online
-        augmentation=Augmentation.for_stage(params, ctx.plugins.augmenters(), cfg.augment, "transfer", None),
+        augmentation=Augmentation.for_stage(params, plugins.augmenters(), cfg.augment, "transfer", None),
     )
-    losses = ctx.plugins.losses("transfer.losses")
-    copy = CopyFrom(source, params)
-    variants = [
-        Variant("scratch", LossSet.build(losses, "transfer")),
-        Variant(
-            "transferred",
-            LossSet.build(losses, "transfer"),
-            init=copy,
-            before_epoch=None if cfg.variant == "finetune" else Unfreezing(cfg.variant, cfg.head, cfg.epochs),
-        ),
-    ]
-    with tracking.stage_run("transfer", params, ctx.params_file, training.tags(variants)) as tracker:
-        fitted = training.run(tracker, variants)
+
+
+def run(ctx: StageContext) -> dict[str, Fitted]:
+    params, cfg = ctx.params, ctx.params.transfer
+    splits = load_splits(layout.prepared(params, layout.TARGET_FILE))
+    training = target_training(params, ctx.plugins, splits)
+    plan = Plan.of(params, ctx.plugins)
+    with tracking.stage_run("transfer", params, ctx.params_file, training.tags(plan.variants)) as tracker:
+        fitted, metrics = plan.train(training, tracker)
         transferred, scratch = fitted["transferred"].test_accuracy, fitted["scratch"].test_accuracy
-        tracker.log_metrics(
-            {
-                "copied_tensors": len(copy.report["copied"]),
-                "fresh_tensors": len(copy.report["fresh"]),
-                "transfer_gain": transferred - scratch,
-            }
-        )
+        tracker.log_metrics({**metrics, "transfer_gain": transferred - scratch})
         print(
-            f"[transfer] {cfg.variant}: transferred {transferred:.4f} vs scratch {scratch:.4f}: gain "
-            f"{(transferred - scratch) * 100:+.2f} pt ({len(splits['finetune'])} labelled target images)"
+            f"[transfer] {cfg.order.replace('_', ' ')}, {cfg.variant}: transferred {transferred:.4f} vs "
+            f"scratch {scratch:.4f}: gain {(transferred - scratch) * 100:+.2f} pt "
+            f"({len(splits['finetune'])} labelled target images)"
         )
     return fitted
 

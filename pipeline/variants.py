@@ -21,7 +21,8 @@ from torch import nn
 
 from pipeline import layout
 from pipeline.atomic import write_text
-from pipeline.data import IN_CHANNELS, NUM_CLASSES, Split, load_splits
+from pipeline.data import IN_CHANNELS, NUM_CLASSES, Split, load_splits, take
+from pipeline.errors import ParamsError
 from pipeline.loss_set import LossSet
 from pipeline.modelio import save_model, save_weights
 from pipeline.offline_copies import AugmentedCopies, load
@@ -64,6 +65,14 @@ class Variant:
     init: Callable[[nn.Module], Callable[[str], float] | None] | None = None
     # freezes or unfreezes layers at the start of each epoch (Trainer.before_epoch)
     before_epoch: Callable[[nn.Module, int], None] | None = None
+    # the variant's own training set (e.g. a teacher-scored transfer set); None: the stage's split
+    train: Split | None = None
+    # what else its sidecar (model.json) records about how it was trained
+    meta: dict[str, Any] = field(default_factory=dict)
+    # another architecture than the stage's (e.g. the teacher's, adapted in the transfer stage)
+    model: Selected | None = None
+    # where it is saved; None: its ``paths.<name>`` folder
+    out: Path | None = None
 
 
 @dataclass
@@ -121,7 +130,7 @@ class StageTraining:
             return 0
         train = self.splits[self.train_split]
         keep = ~np.isin(train.y, np.asarray(classes))
-        self.splits = {**self.splits, self.train_split: Split(train.x[keep], train.y[keep])}
+        self.splits = {**self.splits, self.train_split: take(train, keep)}
         copies = self.augmentation.copies
         if copies is not None:
             self.augmentation = replace(
@@ -129,13 +138,21 @@ class StageTraining:
             )
         return int((~keep).sum())
 
+    def _train_set(self, variant: Variant) -> Split:
+        return variant.train if variant.train is not None else self.splits[self.train_split]
+
     def tags(self, variants: Sequence[Variant]) -> dict[str, str]:
         """Plugin tags of the augmentation, the variants' losses and the model."""
         plugins = [*self.augmentation.plugins, *(p for v in variants for p in v.losses.plugins)]
-        return {**plugin_tags(plugins), self.model.info.tag: self.model.info.provenance}
+        models = [self.model, *(v.model for v in variants if v.model is not None)]
+        return {**plugin_tags(plugins), **{m.info.tag: m.info.provenance for m in models}}
 
-    def run(self, tracker: Tracker, variants: Sequence[Variant]) -> dict[str, Fitted]:
-        nested = len(variants) > 1
+    def run(
+        self, tracker: Tracker, variants: Sequence[Variant], nested: bool | None = None
+    ) -> dict[str, Fitted]:
+        """Train, test, save and log each variant in turn. ``nested`` (default: when there are several)
+        logs each to its own run under the stage's run, with its name as the stage run's metric prefix."""
+        nested = len(variants) > 1 if nested is None else nested
         fitted = {}
         for variant in variants:
             if nested:
@@ -158,8 +175,15 @@ class StageTraining:
                     {f"{prefix if i == 0 else ''}{k}": v for k, v in metrics.items()}, step=step
                 )
 
+        if variant.train is not None and self.augmentation.copies is not None:
+            raise ParamsError(
+                f"{self.stage}: '{variant.name}' trains on its own transfer set (a teacher-scored set or an "
+                f"unlabelled pool), but augment.mode: offline materialised copies of the labelled training "
+                f"split only; set augment.mode: online or {self.stage}.augment: false"
+            )
         torch.manual_seed(self.runtime.seed)  # every variant starts from the same initial weights
-        model = self.model.build_model(self.runtime.num_classes, IN_CHANNELS)
+        selected = variant.model or self.model
+        model = selected.build_model(self.runtime.num_classes, IN_CHANNELS)
         lr_scale = variant.init(model) if variant.init is not None else None
         name = f"{self.stage}-{variant.name}" if nested else variant.name
         warm = None
@@ -180,7 +204,7 @@ class StageTraining:
             on_epoch=lambda epoch, metrics: log(metrics, step=epoch),
             before_epoch=variant.before_epoch,
         )
-        result = trainer.fit(self.splits[self.train_split], self.splits["val"])
+        result = trainer.fit(self._train_set(variant), self.splits["val"])
         test = self.splits["test"]
         logits = predict_logits(
             model,
@@ -190,8 +214,8 @@ class StageTraining:
             trainer.memory_format,
         )
         test_acc = accuracy(logits, torch.from_numpy(test.y))
-        out = layout.model_dir(self.params, variant.name)
-        saved = self._save(out, model, variant.losses, result, test_acc, warm)
+        out = variant.out or layout.model_dir(self.params, variant.name)
+        saved = self._save(out, model, variant, result, test_acc, warm)
         log({"test_accuracy": test_acc, "train_seconds": result.seconds})
         for tracker in trackers:
             for file in saved:
@@ -217,7 +241,7 @@ class StageTraining:
         schedule. Its checkpoint is kept until the variant is done, so a rerun after an interruption of
         the second phase does not train the first again."""
         ws = self.warm_start
-        train = self.splits[self.train_split]
+        train = self._train_set(variant)
         n = max(1, round(ws.fraction * len(train)))
         idx = np.sort(np.random.default_rng([self.runtime.seed, 1]).permutation(len(train))[:n])
         copies = self.augmentation.copies
@@ -237,7 +261,7 @@ class StageTraining:
             label=f"{variant.name} warm start".strip(),
             lr_scale=lr_scale,
             on_epoch=lambda epoch, m: log({f"warm_start.{k}": v for k, v in m.items()}, step=epoch),
-        ).fit(Split(train.x[idx], train.y[idx]), self.splits["val"])
+        ).fit(take(train, idx), self.splits["val"])
         print(
             f"[{self.stage}] {variant.name}: warm start on {n} of {len(train)} images for {ws.epochs} "
             f"epochs ({result.seconds:.0f} s), then the whole split"
@@ -254,7 +278,7 @@ class StageTraining:
         self,
         out: Path,
         model: nn.Module,
-        losses: LossSet,
+        variant: Variant,
         result: TrainResult,
         test_acc: float,
         warm: dict[str, Any] | None,
@@ -265,13 +289,15 @@ class StageTraining:
             "train_seconds": round(result.seconds, 2),
             "epochs": self.cfg.epochs,
             "resumed_from_epoch": result.resumed_from,
+            **variant.meta,
         }
         if warm is not None:
             extra["warm_start"] = {k: v for k, v in warm.items() if k != "checkpoint"}
-        save_model(out, model, self.model.spec, self.runtime.num_classes, IN_CHANNELS, self.model.info, extra)
+        selected = variant.model or self.model
+        save_model(out, model, selected.spec, self.runtime.num_classes, IN_CHANNELS, selected.info, extra)
         write_text(out / layout.HISTORY, history_csv(result.history))
         saved = [layout.WEIGHTS, layout.META, layout.HISTORY]
-        if losses.modules.state_dict():
-            save_weights(out / layout.LOSS_WEIGHTS, losses.modules)
+        if variant.losses.modules.state_dict():
+            save_weights(out / layout.LOSS_WEIGHTS, variant.losses.modules)
             saved.append(layout.LOSS_WEIGHTS)
         return saved

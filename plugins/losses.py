@@ -68,6 +68,7 @@ class KnowledgeDistillation:
     """
 
     requires_teacher = True
+    uses_labels = False  # reads the teacher's outputs only, so it also learns from unlabelled images
 
     def __init__(self, temperature: float = 4.0) -> None:
         self.temperature = number("temperature", temperature, 0, low_open=True)
@@ -90,6 +91,7 @@ class LogitMSE:
     """
 
     requires_teacher = True
+    uses_labels = False  # reads the teacher's outputs only, so it also learns from unlabelled images
 
     def __call__(self, inputs: LossInputs) -> torch.Tensor:
         _require_teacher(inputs, "mse_logits")
@@ -109,6 +111,7 @@ class PseudoLabel:
     """
 
     requires_teacher = True
+    uses_labels = False  # reads the teacher's outputs only, so it also learns from unlabelled images
 
     def __init__(self, threshold: float = 0.0) -> None:
         self.threshold = number("threshold", threshold, 0, 1, high_open=True)
@@ -166,6 +169,7 @@ class DIST:
     """
 
     requires_teacher = True
+    uses_labels = False  # reads the teacher's outputs only, so it also learns from unlabelled images
 
     def __init__(self, beta: float = 1.0, gamma: float = 1.0, temperature: float = 1.0) -> None:
         self.beta, self.gamma = _term_weights(("beta", beta), ("gamma", gamma))
@@ -233,6 +237,7 @@ class FeatureLoss:
     """Shared set-up of the feature losses: which modules to tap."""
 
     requires_teacher = True
+    uses_labels = False  # reads the teacher's outputs only, so it also learns from unlabelled images
     name = "feature loss"
 
     def __init__(self, student_layer: str, teacher_layer: str) -> None:

@@ -221,8 +221,10 @@ class LeNet5(nn.Module):
 
     LeNet-5-like (LeCun et al. 1998): two conv+pool stages (a padded 5x5 convolution, a 5x5 convolution,
     each followed by 2x2 max-pooling) and three fully connected layers. ``width`` scales the channels of
-    the convolutions (6 and 16 at width 1); ``image_size`` is the side of the square input images (at
-    least 12, so that the feature map after the two stages is at least 1x1).
+    the convolutions (6 and 16 at width 1); ``hidden`` the widths of the fully connected layers before
+    ``fc`` (120 and 84 as in LeNet-5; they hold most of the parameters, so a tiny student shrinks these);
+    ``image_size`` is the side of the square input images (at least 12, so that the feature map after the
+    two stages is at least 1x1).
     """
 
     MIN_IMAGE_SIZE = 12  # the smallest side whose feature map after the two stages is 1x1
@@ -232,12 +234,14 @@ class LeNet5(nn.Module):
         num_classes: int,
         in_channels: int,
         width: float = 1.0,
+        hidden: Sequence[int] = (120, 84),
         image_size: int = DEFAULT_IMAGE_SIZE,
         mean: float = DEFAULT_MEAN,
         std: float = DEFAULT_STD,
     ) -> None:
         super().__init__()
         width = number("width", width, 0, low_open=True)
+        hidden = positive_integers("hidden", hidden, allow_empty=True)
         image_size = integer("image_size", image_size)
         side = ((image_size // 2) - 4) // 2  # after conv(5, pad 2) + pool(2), then conv(5) + pool(2)
         if side < 1:
@@ -255,14 +259,12 @@ class LeNet5(nn.Module):
             nn.ReLU(inplace=True),
             nn.MaxPool2d(2),
         )
-        self.classifier = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(c2 * side * side, 120),
-            nn.ReLU(inplace=True),
-            nn.Linear(120, 84),
-            nn.ReLU(inplace=True),
-        )
-        self.fc = nn.Linear(84, num_classes)
+        dims = [c2 * side * side, *hidden]
+        layers: list[nn.Module] = [nn.Flatten()]
+        for a, b in zip(dims[:-1], dims[1:], strict=True):
+            layers += [nn.Linear(a, b), nn.ReLU(inplace=True)]
+        self.classifier = nn.Sequential(*layers)
+        self.fc = nn.Linear(dims[-1], num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.classifier(self.features(self.normalize(x))))

@@ -288,3 +288,56 @@ def test_left_out_classes_are_reported_before_and_after_the_bias(repro, pipeline
         assert key in metrics, key
     # a bias on class 3 can only turn more of its images into predicted 3s
     assert metrics["student.left_out_accuracy_after_bias"] >= metrics["student.left_out_accuracy"]
+
+
+def test_scored_transfer_set_with_an_unlabelled_pool_through_dvc_exp_run(repro, pipeline_env):
+    """`distill.procedure: scored` with half the training split unlabelled, from the command line: the
+    pool changes prepare's output, so every stage reruns; the scored student goes on from the student
+    alone on the teacher's labels of all 512 images, while the student alone sees only the 256 labelled."""
+    repo, _ = repro
+    out = sh(
+        [
+            "dvc", "exp", "run", "--temp",
+            "-S", "distill.procedure=scored",
+            "-S", "distill.scored_targets=soft",
+            "-S", "data.unlabelled_fraction=0.5",
+        ],
+        repo,
+        pipeline_env,
+    )  # fmt: skip
+    log = out.stdout + out.stderr
+    assert "Running stage 'prepare'" in out.stdout and "Running stage 'teacher'" in out.stdout
+    assert "scored transfer set: 512 images (256 unlabelled) with the teacher's probabilities" in log
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("distillops")
+    prepare = client.search_runs([exp.experiment_id], "tags.`distillops.stage` = 'prepare'")[0]
+    assert prepare.data.metrics["source.unlabelled_count"] == 256
+    assert prepare.data.metrics["source.train_count"] == 256
+    distill = client.search_runs([exp.experiment_id], "tags.`distillops.stage` = 'distill'")[0]
+    assert distill.data.params["distill.procedure"] == "scored"
+    assert "student.val_accuracy" in distill.data.metrics and "distill_gain" in distill.data.metrics
+
+
+def test_transfer_then_distil_through_dvc_exp_run_reruns_from_the_transfer_stage(repro, pipeline_env):
+    """`transfer.order: transfer_then_distil`: the teacher is adapted to the digits first, then the student
+    is distilled from it on the same labelled digits; only transfer and what follows rerun."""
+    from mlflow.tracking import MlflowClient
+
+    repo, _ = repro
+    out = sh(["dvc", "exp", "run", "--temp", "-S", "transfer.order=transfer_then_distil"], repo, pipeline_env)
+    log = out.stdout + out.stderr
+    assert "Running stage 'transfer'" in out.stdout
+    assert "Running stage 'distill'" not in out.stdout and "Running stage 'teacher'" not in out.stdout
+    assert "from the teacher; head" in log and "transfer then distil, finetune: transferred" in log
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("distillops")
+    transfer = client.search_runs([exp.experiment_id], "tags.`distillops.stage` = 'transfer'")[0]
+    assert transfer.data.params["transfer.order"] == "transfer_then_distil"
+    assert 0 <= transfer.data.metrics["adapted_teacher_accuracy"] <= 1
+    assert {"teacher.val_accuracy", "transferred.val_accuracy", "scratch.val_accuracy"} <= set(
+        transfer.data.metrics
+    )
+    evaluate = client.search_runs([exp.experiment_id], "tags.`distillops.stage` = 'evaluate'")[0]
+    assert "transfer.accuracy" in evaluate.data.metrics

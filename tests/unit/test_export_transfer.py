@@ -160,3 +160,64 @@ def test_layers_frozen_at_the_start_are_trained_once_unfrozen():
     assert not torch.equal(model.features[0].weight, first_conv)  # unfrozen at epoch 2, then trained
     assert torch.equal(probe.features[0].weight, first_conv)  # never unfrozen: untouched
     assert not torch.equal(probe.fc.weight, lenet(0).fc.weight)  # the head trained
+
+
+def _saved_sources(tmp_path):
+    """params whose teacher and distilled student folders hold small saved models, and tiny target splits."""
+    from dataclasses import replace
+
+    from pipeline.modelio import save_model
+    from pipeline.selection import Selections
+    from tests.conftest import repo_params
+    from tests.unit.test_training import toy_split
+
+    params = repo_params()
+    names = ("teacher", "student", "transferred", "scratch")
+    paths = replace(params.paths, checkpoints=str(tmp_path / "c"), **{n: str(tmp_path / n) for n in names})
+    cfg = replace(params.transfer, epochs=1, batch_size=16)
+    params = replace(params, paths=paths, transfer=cfg, runtime=replace(params.runtime, progress=False))
+    plugins = Selections.resolve(params)
+    for name, key in (("teacher", "teacher.model"), ("student", "student.model")):
+        torch.manual_seed(1)
+        sel = plugins.model(key)
+        save_model(tmp_path / name, sel.build_model(10, 1), sel.spec, 10, 1, sel.info, {})
+    splits = {"finetune": toy_split(48, 0), "val": toy_split(16, 1), "test": toy_split(16, 2)}
+    return params, plugins, splits
+
+
+@pytest.mark.parametrize("order", ["distil_then_transfer", "transfer_then_distil"])
+def test_both_orders_train_the_student_architecture_against_the_same_scratch_baseline(tmp_path, order):
+    import contextlib
+    import io
+    import json
+    from dataclasses import replace
+
+    from pipeline.modelio import load_model
+    from pipeline.tracking import Tracker
+    from pipeline.transfer import ADAPTED_TEACHER, Plan, target_training
+
+    params, plugins, splits = _saved_sources(tmp_path)
+    params = replace(params, transfer=replace(params.transfer, order=order))
+    plan = Plan.of(params, plugins)
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        fitted, metrics = plan.train(target_training(params, plugins, splits), Tracker())
+    student_cls = type(load_model(tmp_path / "student")[0])
+    assert isinstance(fitted["transferred"].model, student_cls) and isinstance(
+        fitted["scratch"].model, student_cls
+    )
+    transferred = tmp_path / "transferred"
+    if order == "distil_then_transfer":
+        assert "teacher" not in fitted and "adapted_teacher_accuracy" not in metrics
+        assert json.loads((transferred / "transfer.json").read_text())["source"] == "distilled student"
+    else:
+        teacher_cls = type(load_model(tmp_path / "teacher")[0])
+        assert isinstance(fitted["teacher"].model, teacher_cls)
+        adapted = transferred / ADAPTED_TEACHER
+        assert json.loads((adapted / "transfer.json").read_text())["source"] == "teacher"
+        assert (
+            metrics["adapted_teacher_accuracy"]
+            == json.loads((adapted / "model.json").read_text())["test_accuracy"]
+        )
+        meta = json.loads((transferred / "model.json").read_text())
+        assert meta["order"] == order and meta["distilled_from"] == f"transferred/{ADAPTED_TEACHER}"
+        assert "copied" in out.getvalue() and "from the teacher" in out.getvalue()

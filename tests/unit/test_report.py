@@ -39,18 +39,29 @@ def test_report_gives_mean_and_std_over_seeds_per_swept_configuration(tmp_path):
 
     out = subprocess.run(
         [sys.executable, "-m", "pipeline.cli", "report", "--tracking-uri", uri, "--experiment", "sweep"]
-        + ["--metric", "student.accuracy", "--metric", "teacher.accuracy"],
+        + ["--metric", "student.accuracy", "--metric", "teacher.accuracy", "--metric", "distill.gain"]
+        + ["--out", str(tmp_path / "reports" / "methods")],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
     lines = [line for line in out.splitlines() if line.startswith("|")]
-    assert lines[0] == "| distill.losses.0.name | seeds | student.accuracy | teacher.accuracy |"
+    assert lines[0] == "| distill.losses.0.name | seeds | student.accuracy | teacher.accuracy | distill.gain |"
     kd = statistics.mean([0.912, 0.914, 0.913]), statistics.stdev([0.912, 0.914, 0.913])
     dist = statistics.mean([0.915, 0.918]), statistics.stdev([0.915, 0.918])
-    assert f"| kd | 3 (0, 1, 2) | {kd[0]:.4f} +- {kd[1]:.4f} | 0.9100 +- 0.0000 |" in lines
-    assert f"| dist | 2 (0, 1) | {dist[0]:.4f} +- {dist[1]:.4f} | 0.9100 +- 0.0000 |" in lines
+    kd_row = f"| kd | 3 (0, 1, 2) | {kd[0]:.4f} +- {kd[1]:.4f} | 0.9100 +- 0.0000 | - |"
+    assert kd_row in lines
+    assert f"| dist | 2 (0, 1) | {dist[0]:.4f} +- {dist[1]:.4f} | 0.9100 +- 0.0000 | - |" in lines
     assert len(lines) == 4
+    # the same table and a figure are written under --out and logged to a run of their own
+    md, png = tmp_path / "reports" / "methods.md", tmp_path / "reports" / "methods.png"
+    assert kd_row in md.read_text() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    exp = client.get_experiment_by_name("sweep")
+    (report,) = client.search_runs([exp.experiment_id], "tags.`distillops.stage` = 'report'")
+    assert sorted(a.path for a in client.list_artifacts(report.info.run_id, "report")) == [
+        "report/methods.md",
+        "report/methods.png",
+    ]
 
 
 def test_report_on_a_missing_experiment_says_what_to_do(tmp_path):

@@ -1,0 +1,226 @@
+"""Choose the default teacher and student on the validation split: train candidates through the stages'
+own code (``StageTraining``) with params overrides, and record validation accuracy (the choice), test
+accuracy (reported, never used to choose), training seconds and parameters.
+
+    python benchmarks/compression_sweep.py teachers --seeds 0 --keep /tmp/teachers --jsonl out.jsonl
+    python benchmarks/compression_sweep.py students --teacher /tmp/teachers/resnet8-e14-0 --seeds 0 1 2
+    python benchmarks/compression_sweep.py latency          # ONNX Runtime batch-1 latency, every candidate
+    python benchmarks/compression_sweep.py epoch-time --images 5000   # CPU seconds per training epoch
+
+``teachers`` trains each teacher candidate (``--names`` picks some) with ``teacher.losses``; ``students``
+trains each student candidate alone (``distill.baseline_losses``) and distilled (``distill.losses``) from
+the teacher saved in ``--teacher``. Run after ``dvc repro`` (reads data/prepared). One JSON line per run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import io
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.data import IN_CHANNELS, NUM_CLASSES, Split  # noqa: E402
+from pipeline.loss_set import LossSet  # noqa: E402
+from pipeline.modelio import count_parameters, load_model  # noqa: E402
+from pipeline.params import Params, parse_params  # noqa: E402
+from pipeline.selection import Selections  # noqa: E402
+from pipeline.tracking import Tracker  # noqa: E402
+from pipeline.variants import StageTraining, Variant  # noqa: E402
+
+# params overrides per candidate (dotted keys, as `dvc exp run -S` writes them)
+TEACHERS: dict[str, dict[str, Any]] = {
+    "resnet8-e10": {"teacher.epochs": 10},
+    "resnet8-e12": {"teacher.epochs": 12},
+    "resnet8-e15": {"teacher.epochs": 15},
+    "resnet8-e20": {"teacher.epochs": 20},
+    "resnet8w-e10": {"teacher.model": {"name": "resnet8", "widths": [24, 48, 96]}, "teacher.epochs": 10},
+    "resnet8w-e15": {"teacher.model": {"name": "resnet8", "widths": [24, 48, 96]}, "teacher.epochs": 15},
+    "lenet5x4-e15": {"teacher.model": {"name": "lenet5", "width": 4, "hidden": [256]}, "teacher.epochs": 15},
+    "lenet5x4-e20": {"teacher.model": {"name": "lenet5", "width": 4, "hidden": [256]}, "teacher.epochs": 20},
+    "lenet5x4-e25": {"teacher.model": {"name": "lenet5", "width": 4, "hidden": [256]}, "teacher.epochs": 25},
+    "resnet20-e10": {"teacher.model": {"name": "resnet20"}, "teacher.epochs": 10},
+}
+STUDENTS: dict[str, dict[str, Any]] = {
+    "lenet5": {"student.model": {"name": "lenet5"}},
+    "lenet5-h32": {"student.model": {"name": "lenet5", "hidden": [32]}},
+    "lenet5-w0.5-h32": {"student.model": {"name": "lenet5", "width": 0.5, "hidden": [32]}},
+    "lenet5-w0.5-h16": {"student.model": {"name": "lenet5", "width": 0.5, "hidden": [16]}},
+    "lenet5-w0.75-h16": {"student.model": {"name": "lenet5", "width": 0.75, "hidden": [16]}},
+    "mlp-8": {"student.model": {"name": "mlp", "hidden": [8]}},
+    "mlp-16": {"student.model": {"name": "mlp", "hidden": [16]}},
+    "mobilenet-w0.25": {"student.model": {"name": "mobilenet", "width": 0.25, "expansion": 2}},
+}
+
+
+def with_overrides(raw: dict[str, Any], overrides: dict[str, Any], **extra: Any) -> Params:
+    raw = copy.deepcopy(raw)
+    for key, value in {**overrides, **extra}.items():
+        *parents, last = key.split(".")
+        node = raw
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    return parse_params(raw)
+
+
+def train(params: Params, stage: str, model_key: str, variant: Variant, out: Path) -> dict[str, Any]:
+    cfg = params.teacher if stage == "teacher" else params.distill
+    training = StageTraining.on_source_task(stage, params, Selections.resolve(params), cfg, model_key)
+    with contextlib.redirect_stdout(io.StringIO()):
+        fitted = training.run(Tracker(), [variant])[variant.name]
+    vals = [row["val_accuracy"] for row in fitted.history]
+    return {
+        "val_accuracy": vals[-1],
+        "best_val_accuracy": max(vals),
+        "test_accuracy": fitted.test_accuracy,
+        "seconds": round(fitted.seconds, 1),
+        "parameters": count_parameters(fitted.model),
+        "device": str(training.runtime.device),
+    }
+
+
+def run_teachers(raw: dict[str, Any], args: argparse.Namespace, emit: Any) -> None:
+    for name in args.names or TEACHERS:
+        for seed in args.seeds:
+            keep = Path(args.keep) / f"{name}-{seed}"
+            params = with_overrides(
+                raw, TEACHERS[name], seed=seed, **{"paths.teacher": str(keep), "paths.checkpoints": args.tmp}
+            )
+            losses = LossSet.build(Selections.resolve(params).losses("teacher.losses"), "teacher")
+            emit(
+                {
+                    "phase": "teachers",
+                    "name": name,
+                    "seed": seed,
+                    **train(params, "teacher", "teacher.model", Variant("teacher", losses), keep),
+                }
+            )
+
+
+def run_students(raw: dict[str, Any], args: argparse.Namespace, emit: Any) -> None:
+    for name in args.names or STUDENTS:
+        for seed in args.seeds:
+            for variant, key in (("student_alone", "distill.baseline_losses"), ("student", "distill.losses")):
+                out = Path(args.tmp) / f"{name}-{seed}-{variant}"
+                params = with_overrides(
+                    raw,
+                    STUDENTS[name],
+                    seed=seed,
+                    **{f"paths.{variant}": str(out), "paths.checkpoints": args.tmp},
+                )
+                plugins = Selections.resolve(params)
+                losses = LossSet.build(plugins.losses(key), "distill")
+                teacher = None
+                if losses.needs_teacher:
+                    teacher, _ = load_model(
+                        Path(args.teacher), "cuda" if torch.cuda.is_available() else "cpu"
+                    )
+                emit(
+                    {
+                        "phase": "students",
+                        "name": name,
+                        "variant": variant,
+                        "seed": seed,
+                        **train(
+                            params, "distill", "student.model", Variant(variant, losses, teacher=teacher), out
+                        ),
+                    }
+                )
+
+
+def run_latency(raw: dict[str, Any], args: argparse.Namespace, emit: Any) -> None:
+    """Median ONNX Runtime batch-1 latency, measured as evaluate does (untrained weights: same graph)."""
+    from pipeline.evaluate import onnx_latency
+    from pipeline.onnx_model import export_onnx, ort_session
+
+    for table, key in ((TEACHERS, "teacher.model"), (STUDENTS, "student.model")):
+        for name in [n for n in args.names if n in table] if args.names else table:
+            params = with_overrides(raw, table[name])
+            model = Selections.resolve(params).model(key).build_model(NUM_CLASSES, IN_CHANNELS).eval()
+            with tempfile.TemporaryDirectory() as tmp:
+                example = torch.zeros(1, IN_CHANNELS, 28, 28)
+                path = export_onnx(model, Path(tmp) / "m.onnx", example, params.export.opset)
+                lat = onnx_latency(ort_session(path), 1, params.evaluate.latency_warmup, 2000)
+            emit({"phase": "latency", "name": name, "parameters": count_parameters(model), **lat})
+
+
+def run_epoch_time(raw: dict[str, Any], args: argparse.Namespace, emit: Any) -> None:
+    """Seconds of one training epoch on ``--images`` images, scaled to the whole training split."""
+    for table, stage, key, variant in (
+        (TEACHERS, "teacher", "teacher.model", "teacher"),
+        (STUDENTS, "distill", "student.model", "student_alone"),
+    ):
+        for name in [n for n in args.names if n in table] if args.names else table:
+            params = with_overrides(
+                raw,
+                table[name],
+                **{
+                    f"{stage}.epochs": 1,
+                    f"paths.{variant}": f"{args.tmp}/{name}",
+                    "paths.checkpoints": args.tmp,
+                },
+            )
+            plugins = Selections.resolve(params)
+            cfg = params.teacher if stage == "teacher" else params.distill
+            training = StageTraining.on_source_task(stage, params, plugins, cfg, key)
+            full = training.splits["train"]
+            idx = np.random.default_rng(0).permutation(len(full))[: args.images]
+            training.splits = {**training.splits, "train": Split(full.x[idx], full.y[idx])}
+            loss_key = "teacher.losses" if stage == "teacher" else "distill.baseline_losses"
+            losses = LossSet.build(plugins.losses(loss_key), stage)
+            with contextlib.redirect_stdout(io.StringIO()):
+                fitted = training.run(Tracker(), [Variant(variant, losses)])[variant]
+            per_epoch = fitted.seconds * len(full) / len(idx)
+            emit({"phase": "epoch-time", "name": name, "seconds_per_epoch": round(per_epoch, 1)})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("phase", choices=["teachers", "students", "latency", "epoch-time"])
+    parser.add_argument("--names", nargs="*")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--teacher", help="a trained teacher's folder (students phase)")
+    parser.add_argument("--keep", default="sweep-teachers", help="where the teachers phase saves models")
+    parser.add_argument("--images", type=int, default=5000)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--jsonl", default=None)
+    args = parser.parse_args()
+    raw = yaml.safe_load(Path(args.params).read_text())
+    raw["runtime"]["progress"] = False
+    out = open(args.jsonl, "a") if args.jsonl else None  # noqa: SIM115
+
+    def emit(record: dict[str, Any]) -> None:
+        line = json.dumps(record)
+        print(line, flush=True)
+        if out:
+            out.write(line + "\n")
+            out.flush()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        args.tmp = tmp
+        t0 = time.perf_counter()
+        {
+            "teachers": run_teachers,
+            "students": run_students,
+            "latency": run_latency,
+            "epoch-time": run_epoch_time,
+        }[args.phase](raw, args, emit)
+        print(f"# {args.phase}: {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
