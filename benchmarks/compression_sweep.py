@@ -6,6 +6,7 @@ accuracy (reported, never used to choose), training seconds and parameters.
     python benchmarks/compression_sweep.py students --teacher /tmp/teachers/resnet8-e14-0 --seeds 0 1 2
     python benchmarks/compression_sweep.py latency          # ONNX Runtime batch-1 latency, every candidate
     python benchmarks/compression_sweep.py epoch-time --images 5000   # CPU seconds per training epoch
+    python benchmarks/compression_sweep.py table --jsonl a.jsonl,b.jsonl   # the markdown tables
 
 ``teachers`` trains each teacher candidate (``--names`` picks some) with ``teacher.losses``; ``students``
 trains each student candidate alone (``distill.baseline_losses``) and distilled (``distill.losses``) from
@@ -54,6 +55,7 @@ TEACHERS: dict[str, dict[str, Any]] = {
 }
 STUDENTS: dict[str, dict[str, Any]] = {
     "lenet5": {"student.model": {"name": "lenet5"}},
+    "lenet5-h64": {"student.model": {"name": "lenet5", "hidden": [64]}},
     "lenet5-h32": {"student.model": {"name": "lenet5", "hidden": [32]}},
     "lenet5-w0.5-h32": {"student.model": {"name": "lenet5", "width": 0.5, "hidden": [32]}},
     "lenet5-w0.5-h16": {"student.model": {"name": "lenet5", "width": 0.5, "hidden": [16]}},
@@ -62,6 +64,17 @@ STUDENTS: dict[str, dict[str, Any]] = {
     "mlp-16": {"student.model": {"name": "mlp", "hidden": [16]}},
     "mobilenet-w0.25": {"student.model": {"name": "mobilenet", "width": 0.25, "expansion": 2}},
 }
+# distillation settings tried on a chosen student: "<student>|<setting>" (the student alone is the
+# student's own row, so `students --skip-alone` trains only the distilled one)
+LOSSES: dict[str, list[dict[str, Any]]] = {
+    "kd-T2": [{"name": "kd", "weight": 0.5, "temperature": 2.0}, {"name": "ce", "weight": 0.5}],
+    "kd-T4-w0.9": [{"name": "kd", "weight": 0.9, "temperature": 4.0}, {"name": "ce", "weight": 0.1}],
+    "kd-T1-w0.9": [{"name": "kd", "weight": 0.9, "temperature": 1.0}, {"name": "ce", "weight": 0.1}],
+    "dist": [{"name": "dist", "weight": 1.0}, {"name": "ce", "weight": 1.0}],
+}
+for _student in list(STUDENTS):
+    for _setting, _losses in LOSSES.items():
+        STUDENTS[f"{_student}|{_setting}"] = {**STUDENTS[_student], "distill.losses": _losses}
 
 
 def with_overrides(raw: dict[str, Any], overrides: dict[str, Any], **extra: Any) -> Params:
@@ -112,7 +125,8 @@ def run_teachers(raw: dict[str, Any], args: argparse.Namespace, emit: Any) -> No
 def run_students(raw: dict[str, Any], args: argparse.Namespace, emit: Any) -> None:
     for name in args.names or STUDENTS:
         for seed in args.seeds:
-            for variant, key in (("student_alone", "distill.baseline_losses"), ("student", "distill.losses")):
+            pairs = [("student_alone", "distill.baseline_losses"), ("student", "distill.losses")]
+            for variant, key in pairs[1:] if args.skip_alone else pairs:
                 out = Path(args.tmp) / f"{name}-{seed}-{variant}"
                 params = with_overrides(
                     raw,
@@ -186,19 +200,88 @@ def run_epoch_time(raw: dict[str, Any], args: argparse.Namespace, emit: Any) -> 
             emit({"phase": "epoch-time", "name": name, "seconds_per_epoch": round(per_epoch, 1)})
 
 
+def table(records: list[dict[str, Any]]) -> str:
+    """Markdown: teachers (validation, test, seconds), latencies, and students alone vs distilled with the
+    per-seed gain, each mean +- std over the seeds found."""
+    from pipeline.report import mean_std
+
+    def rows(phase: str) -> dict[tuple[str, str], list[dict[str, Any]]]:
+        out: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for r in records:
+            if r["phase"] == phase:
+                out.setdefault((r["name"], r.get("variant", "")), []).append(r)
+        return out
+
+    lines = [
+        "## Teachers",
+        "",
+        "| candidate | parameters | seeds | validation | test | seconds |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (name, _), rs in rows("teachers").items():
+        lines.append(
+            f"| {name} | {rs[0]['parameters']:,} | {len(rs)} | {mean_std([r['val_accuracy'] for r in rs])} | "
+            f"{mean_std([r['test_accuracy'] for r in rs])} | {sum(r['seconds'] for r in rs) / len(rs):.0f} |"
+        )
+    lines += [
+        "",
+        "## ONNX Runtime batch-1 latency",
+        "",
+        "| model | parameters | median ms | p95 ms |",
+        "|---|---|---|---|",
+    ]
+    for (name, _), rs in rows("latency").items():
+        lines.append(f"| {name} | {rs[-1]['parameters']:,} | {rs[-1]['median']:.4f} | {rs[-1]['p95']:.4f} |")
+    students = rows("students")
+    lines += [
+        "",
+        "## Students: alone vs distilled",
+        "",
+        "| candidate | parameters | seeds | alone val | distilled val | gain val (pt) | alone test | distilled test | gain test (pt) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in dict.fromkeys(n for n, _ in students):
+        base = name.split("|")[0]  # a distillation setting's student alone is its student's
+        alone = {r["seed"]: r for r in students.get((base, "student_alone"), [])}
+        kd = {r["seed"]: r for r in students.get((name, "student"), [])}
+        seeds = sorted(set(alone) & set(kd))
+        if not seeds:
+            continue
+
+        cells = []
+        for key in ("val_accuracy", "test_accuracy"):
+            cells += [
+                mean_std([alone[s][key] for s in seeds]),
+                mean_std([kd[s][key] for s in seeds]),
+                mean_std([(kd[s][key] - alone[s][key]) * 100 for s in seeds], digits=2, signed=True),
+            ]
+        lines.append(
+            f"| {name} | {kd[seeds[0]]['parameters']:,} | {len(seeds)} | " + " | ".join(cells) + " |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("phase", choices=["teachers", "students", "latency", "epoch-time"])
+    parser.add_argument("phase", choices=["teachers", "students", "latency", "epoch-time", "table"])
     parser.add_argument("--names", nargs="*")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--teacher", help="a trained teacher's folder (students phase)")
     parser.add_argument("--keep", default="sweep-teachers", help="where the teachers phase saves models")
     parser.add_argument("--images", type=int, default=5000)
+    parser.add_argument("--skip-alone", action="store_true", help="students: train the distilled one only")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--jsonl", default=None)
     args = parser.parse_args()
+    if args.phase == "table":  # --jsonl is read, not written
+        print(
+            table(
+                [json.loads(line) for f in args.jsonl.split(",") for line in Path(f).read_text().splitlines()]
+            )
+        )
+        return
     raw = yaml.safe_load(Path(args.params).read_text())
     raw["runtime"]["progress"] = False
     out = open(args.jsonl, "a") if args.jsonl else None  # noqa: SIM115

@@ -21,10 +21,10 @@ declare -A OVERRIDES=(
   [scored_pool]=$'distill.procedure=scored\ndata.unlabelled_fraction=0.5'
   [kd_pool]="data.unlabelled_fraction=0.5"
   [warm_start]="distill.warm_start={fraction: 0.2, epochs: 5}"
-  [dkd]="distill.losses=[{name: dkd, weight: 1.0}, {name: ce, weight: 1.0}]"
+  [dist]="distill.losses=[{name: dist, weight: 1.0}, {name: ce, weight: 1.0}]"
   [transfer_then_distil]="transfer.order=transfer_then_distil"
 )
-ORDER="kd scored_hard scored_soft scored_pool kd_pool warm_start dkd transfer_then_distil"
+ORDER="kd scored_hard scored_soft scored_pool kd_pool warm_start dist transfer_then_distil"
 methods=(${METHODS:-$ORDER})
 seeds=("$@")
 [ ${#seeds[@]} -gt 0 ] || seeds=(0 1 2)

@@ -56,6 +56,7 @@ def test_all_stages_ran_in_order_and_wrote_outputs(repro):
         "models/scratch/model.safetensors",
         "models/onnx/student.onnx",
         "models/onnx/student_int8.onnx",
+        "models/onnx/teacher.onnx",
         "reports/metrics.json",
         "reports/plots/confusion.csv",
         "reports/plots/training_curves.png",
@@ -75,6 +76,8 @@ def test_metrics_have_the_contract_keys_with_sane_values(repro):
     assert metrics["student.onnx_accuracy"] == pytest.approx(metrics["student.accuracy"], abs=0.01)
     assert metrics["student.onnx_bytes"] == (repo / "models/onnx/student.onnx").stat().st_size
     assert metrics["compression.parameters"] == metrics["teacher.parameters"] / metrics["student.parameters"]
+    onnx_speedup = metrics["teacher.latency_ms.onnx_b1"] / metrics["student.latency_ms.onnx_b1"]
+    assert metrics["compression.latency_onnx_b1"] == pytest.approx(onnx_speedup)
     gap = metrics["teacher.accuracy"] - metrics["student_alone.accuracy"]
     if gap > 0:
         assert metrics["distill.gap_closed"] == pytest.approx(metrics["distill.gain"] / gap)
