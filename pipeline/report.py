@@ -171,7 +171,7 @@ def figure(varying: Sequence[str], groups: Sequence[Group], path: Path) -> Path:
     labels = [f"{_label(g.config, varying)} ({len(g.seeds)} seeds)" for g in groups]
     ys = list(range(len(groups)))
     fig, (acc_ax, gain_ax) = plt.subplots(
-        1, 2, figsize=(13, 1.2 + 0.5 * len(groups)), sharey=True, gridspec_kw={"width_ratios": [3, 2]}
+        1, 2, figsize=(13, 1.8 + 0.5 * len(groups)), sharey=True, gridspec_kw={"width_ratios": [3, 2]}
     )
     for key, name, marker in (
         ("teacher.accuracy", "teacher", "s"),
@@ -181,7 +181,7 @@ def figure(varying: Sequence[str], groups: Sequence[Group], path: Path) -> Path:
         means, stds = zip(*(stats(g, key) for g in groups), strict=True)
         acc_ax.errorbar(means, ys, xerr=stds, fmt=marker, capsize=3, label=name)
     acc_ax.set_xlabel("test accuracy (mean +- std over seeds)")
-    acc_ax.legend(loc="lower left", fontsize=8)
+    fig.legend(*acc_ax.get_legend_handles_labels(), loc="upper center", ncol=3, fontsize=8, frameon=False)
     means, stds = zip(*(stats(g, "distill.gain", 100.0) for g in groups), strict=True)
     gain_ax.barh(ys, means, xerr=stds, capsize=3, color="tab:green")
     gain_ax.axvline(0, color="black", linewidth=0.8)
@@ -190,7 +190,7 @@ def figure(varying: Sequence[str], groups: Sequence[Group], path: Path) -> Path:
     acc_ax.invert_yaxis()
     for ax in (acc_ax, gain_ax):
         ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / (1.8 + 0.5 * len(groups))))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -32,8 +32,9 @@ seeds=("$@")
 for method in "${methods[@]}"; do
   [ -n "${OVERRIDES[$method]+set}" ] || { echo "unknown method '$method'; known: $ORDER" >&2; exit 2; }
 done
-for seed in "${seeds[@]}"; do
-  for method in "${methods[@]}"; do
+# method by method, each over every seed: rows of the report complete one after another
+for method in "${methods[@]}"; do
+  for seed in "${seeds[@]}"; do
     args=(-S "seed=$seed")
     while IFS= read -r value; do
       [ -z "$value" ] || args+=(-S "$value")

@@ -113,7 +113,7 @@ def test_mlflow_has_one_run_per_stage_grouped_and_tagged(repro):
         assert run.data.tags["distillops.git_commit"] == commit
     teacher_tags = stage_runs["teacher"].data.tags
     for tag in (
-        "plugins.models.resnet8",
+        "plugins.models.lenet5",
         "plugins.losses.ce",
         "plugins.augmenters.flip",
         "plugins.augmenters.crop",

@@ -161,7 +161,7 @@ def test_params_are_frozen():
 
 def test_flatten_gives_dotted_keys_for_logging():
     flat = flatten(load_params(REPO / "params.yaml"))
-    assert flat["teacher.model.name"] == "resnet8"
+    assert flat["teacher.model.name"] == "lenet5" and flat["teacher.model.width"] == 4
     assert flat["distill.losses.0.name"] == "kd"
     assert flat["distill.losses.0.weight"] == load_params(REPO / "params.yaml").distill.losses[0].weight
     assert flat["data.train_limit"] is None

@@ -40,7 +40,7 @@ def test_stage_run_tags_parent_and_params(mlflow_store, tmp_path, monkeypatch):
     assert teacher.data.tags[tracking.STAGE_TAG] == "teacher"
     assert teacher.data.tags["plugins.losses.ce"] == "distillops==0.1.0"
     assert teacher.data.tags[tracking.COMMIT_TAG]
-    assert teacher.data.params["teacher.model.name"] == "resnet8"
+    assert teacher.data.params["teacher.model.name"] == "lenet5"
     assert teacher.info.status == "FINISHED"
     variant = by_name["student_alone"]
     assert variant.data.tags[tracking.PARENT_TAG] == teacher.info.run_id
