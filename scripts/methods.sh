@@ -12,6 +12,7 @@
 # cost is about one teacher per seed and data split plus the distill (and later) stages per method.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+[ -d .venv/bin ] && export PATH="$PWD/.venv/bin:$PATH"  # the project venv (make setup), when there is one
 
 # method name -> its overrides (one -S value per line)
 declare -A OVERRIDES=(
