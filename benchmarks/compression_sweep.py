@@ -255,8 +255,9 @@ def table(records: list[dict[str, Any]]) -> str:
                 mean_std([kd[s][key] for s in seeds]),
                 mean_std([(kd[s][key] - alone[s][key]) * 100 for s in seeds], digits=2, signed=True),
             ]
+        shown = name.replace("|", " with ")  # a pipe would split the markdown cell
         lines.append(
-            f"| {name} | {kd[seeds[0]]['parameters']:,} | {len(seeds)} | " + " | ".join(cells) + " |"
+            f"| {shown} | {kd[seeds[0]]['parameters']:,} | {len(seeds)} | " + " | ".join(cells) + " |"
         )
     return "\n".join(lines)
 
