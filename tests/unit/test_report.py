@@ -46,7 +46,9 @@ def test_report_gives_mean_and_std_over_seeds_per_swept_configuration(tmp_path):
         check=True,
     ).stdout
     lines = [line for line in out.splitlines() if line.startswith("|")]
-    assert lines[0] == "| distill.losses.0.name | seeds | student.accuracy | teacher.accuracy | distill.gain |"
+    assert (
+        lines[0] == "| distill.losses.0.name | seeds | student.accuracy | teacher.accuracy | distill.gain |"
+    )
     kd = statistics.mean([0.912, 0.914, 0.913]), statistics.stdev([0.912, 0.914, 0.913])
     dist = statistics.mean([0.915, 0.918]), statistics.stdev([0.915, 0.918])
     kd_row = f"| kd | 3 (0, 1, 2) | {kd[0]:.4f} +- {kd[1]:.4f} | 0.9100 +- 0.0000 | - |"
