@@ -87,12 +87,28 @@ def mean_std(values: Sequence[float], scale: float = 1.0, digits: int = 4, signe
     return f"{statistics.mean(values) * scale:{'+' if signed else ''}.{digits}f} +- {std * scale:.{digits}f}"
 
 
+def cell(metric: str, values: Sequence[float]) -> str:
+    """One metric's mean +- std in its own unit: counts as integers, ratios as "x", gains in points, the
+    share of the gap closed in percent, everything else (accuracies, milliseconds) with 4 decimals."""
+    if not values:
+        return "-"
+    if metric.startswith("compression."):
+        return mean_std(values, digits=2) + "x"
+    if metric.endswith((".parameters", "_bytes")):
+        return mean_std(values, digits=0) if len(set(values)) > 1 else f"{int(values[0]):,}"
+    if metric.endswith(".gain"):
+        return mean_std(values, scale=100, digits=2, signed=True) + " pt"
+    if metric.endswith("gap_closed"):
+        return mean_std(values, scale=100, digits=0, signed=True) + " %"
+    return mean_std(values)
+
+
 def markdown(varying: Sequence[str], groups: Sequence[Group], metrics: Sequence[str]) -> str:
     head = [*(varying or ["configuration"]), "seeds", *metrics]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for g in groups:
         config = [g.config.get(k, "") for k in varying] or ["all runs"]
-        cells = [*config, f"{len(g.seeds)} ({', '.join(g.seeds)})", *(mean_std(g.values[m]) for m in metrics)]
+        cells = [*config, f"{len(g.seeds)} ({', '.join(g.seeds)})", *(cell(m, g.values[m]) for m in metrics)]
         lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
     return "\n".join(lines)
 
