@@ -83,5 +83,5 @@ def test_each_metric_is_shown_in_its_own_unit():
     assert cell("compression.parameters", [28.7, 28.7]) == "28.70 +- 0.00x"
     assert cell("distill.gain", [0.0049, 0.0046, 0.0006]) == "+0.34 +- 0.24 pt"
     assert cell("distill.gap_closed", [0.25, 0.21]) == "+23 +- 3 %"
-    assert cell("student.accuracy", [0.9117, 0.9106]) == "0.9112 +- 0.0008"
+    assert cell("student.accuracy", [0.9117, 0.9107]) == "0.9112 +- 0.0007"
     assert cell("student.accuracy", []) == "-"
