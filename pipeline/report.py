@@ -184,10 +184,17 @@ def figure(varying: Sequence[str], groups: Sequence[Group], path: Path) -> Path:
             return float("nan"), 0.0
         return statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0
 
-    labels = [f"{_label(g.config, varying)} ({len(g.seeds)} seeds)" for g in groups]
+    import textwrap
+
+    # long configurations wrap over lines, so the plots keep their width
+    labels = [
+        textwrap.fill(f"{_label(g.config, varying)} ({len(g.seeds)} seeds)", 60, break_on_hyphens=False)
+        for g in groups
+    ]
+    height = 1.8 + sum(0.25 + 0.18 * label.count("\n") for label in labels)
     ys = list(range(len(groups)))
     fig, (acc_ax, gain_ax) = plt.subplots(
-        1, 2, figsize=(13, 1.8 + 0.5 * len(groups)), sharey=True, gridspec_kw={"width_ratios": [3, 2]}
+        1, 2, figsize=(14, height), sharey=True, gridspec_kw={"width_ratios": [3, 2]}
     )
     for key, name, marker in (
         ("teacher.accuracy", "teacher", "s"),
@@ -206,7 +213,7 @@ def figure(varying: Sequence[str], groups: Sequence[Group], path: Path) -> Path:
     acc_ax.invert_yaxis()
     for ax in (acc_ax, gain_ax):
         ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / (1.8 + 0.5 * len(groups))))
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / height))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
