@@ -44,6 +44,11 @@ for method in "${methods[@]}"; do
     dvc exp run --queue "${args[@]}" >/dev/null
   done
 done
-echo "running $(( ${#seeds[@]} * ${#methods[@]} )) experiments one at a time (dvc exp run --run-all)"
-dvc exp run --run-all -j 1
+echo "running $(( ${#seeds[@]} * ${#methods[@]} )) experiments one at a time (dvc queue start; logs: dvc queue logs NAME)"
+# one worker: the default SQLite MLflow store takes one writer at a time. `dvc exp run --run-all` was seen
+# not to return after the last experiment, so the queue is started and watched instead.
+dvc queue start -j 1 >/dev/null
+while dvc queue status | grep -qE " (Queued|Running) *$"; do sleep 20; done
+dvc queue stop >/dev/null 2>&1 || true
+dvc queue status | grep -E " Failed *$" && echo "some experiments failed: dvc queue logs NAME" >&2
 distillops report --out reports/methods
