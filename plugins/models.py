@@ -216,6 +216,16 @@ class TorchvisionNet(nn.Module):
         return out.logits if hasattr(out, "logits") else out
 
 
+def _flatten_dense(inputs: int, hidden: Sequence[int]) -> nn.Sequential:
+    """Flatten, then one Linear + ReLU per entry of ``hidden`` (its width), starting from ``inputs``
+    features; the module indices (1, 3, ...) name the Linear layers in checkpoints."""
+    dims = [inputs, *hidden]
+    layers: list[nn.Module] = [nn.Flatten()]
+    for a, b in zip(dims[:-1], dims[1:], strict=True):
+        layers += [nn.Linear(a, b), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers)
+
+
 class LeNet5(nn.Module):
     """LeNet-5-like student (about 60k parameters at width 1).
 
@@ -259,12 +269,9 @@ class LeNet5(nn.Module):
             nn.ReLU(inplace=True),
             nn.MaxPool2d(2),
         )
-        dims = [c2 * side * side, *hidden]
-        layers: list[nn.Module] = [nn.Flatten()]
-        for a, b in zip(dims[:-1], dims[1:], strict=True):
-            layers += [nn.Linear(a, b), nn.ReLU(inplace=True)]
-        self.classifier = nn.Sequential(*layers)
-        self.fc = nn.Linear(dims[-1], num_classes)
+        inputs = c2 * side * side
+        self.classifier = _flatten_dense(inputs, hidden)
+        self.fc = nn.Linear(hidden[-1] if hidden else inputs, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.classifier(self.features(self.normalize(x))))
@@ -291,12 +298,9 @@ class MLP(nn.Module):
         hidden = positive_integers("hidden", hidden, allow_empty=True)
         image_size = integer("image_size", image_size, 1)
         self.normalize = Normalize(mean, std, in_channels)
-        dims = [in_channels * image_size * image_size, *hidden]
-        layers: list[nn.Module] = [nn.Flatten()]
-        for a, b in zip(dims[:-1], dims[1:], strict=True):
-            layers += [nn.Linear(a, b), nn.ReLU(inplace=True)]
-        self.features = nn.Sequential(*layers)
-        self.fc = nn.Linear(dims[-1], num_classes)
+        inputs = in_channels * image_size * image_size
+        self.features = _flatten_dense(inputs, hidden)
+        self.fc = nn.Linear(hidden[-1] if hidden else inputs, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.features(self.normalize(x)))
