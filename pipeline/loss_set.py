@@ -89,15 +89,18 @@ class LossSet:
         """
         total: torch.Tensor | None = None
         values = []
-        labelled_only = None
+        mixed = inputs.labelled is not None
+        labelled_only: LossInputs | None = None  # None: the batch has no labelled row
+        if mixed and len(self.label_free) < len(self.terms):
+            idx = inputs.labelled.nonzero().squeeze(1)  # the one host sync the unlabelled pool costs per step
+            labelled_only = inputs.rows(idx) if len(idx) else None
         for term in self.terms:
-            if inputs.labelled is None or term.name in self.label_free:
+            if not mixed or term.name in self.label_free:
                 value = term.plugin(inputs)
+            elif labelled_only is None:
+                value = inputs.student_logits.sum() * 0
             else:
-                if labelled_only is None:  # the one host sync the unlabelled pool costs per step
-                    idx = inputs.labelled.nonzero().squeeze(1)
-                    labelled_only = inputs.rows(idx) if len(idx) else False
-                value = term.plugin(labelled_only) if labelled_only else inputs.student_logits.sum() * 0
+                value = term.plugin(labelled_only)
             if not torch.is_tensor(value) or value.dim() != 0:
                 info = term.plugin.info
                 raise PluginError(
