@@ -70,11 +70,34 @@ LOSSES: dict[str, list[dict[str, Any]]] = {
     "kd-T2": [{"name": "kd", "weight": 0.5, "temperature": 2.0}, {"name": "ce", "weight": 0.5}],
     "kd-T4-w0.9": [{"name": "kd", "weight": 0.9, "temperature": 4.0}, {"name": "ce", "weight": 0.1}],
     "kd-T1-w0.9": [{"name": "kd", "weight": 0.9, "temperature": 1.0}, {"name": "ce", "weight": 0.1}],
+    "kd-T3": [{"name": "kd", "weight": 0.5, "temperature": 3.0}, {"name": "ce", "weight": 0.5}],
+    "kd-T4": [{"name": "kd", "weight": 0.5, "temperature": 4.0}, {"name": "ce", "weight": 0.5}],
+    "kd-T2-w0.75": [{"name": "kd", "weight": 0.75, "temperature": 2.0}, {"name": "ce", "weight": 0.25}],
     "dist": [{"name": "dist", "weight": 1.0}, {"name": "ce", "weight": 1.0}],
 }
 for _student in list(STUDENTS):
     for _setting, _losses in LOSSES.items():
         STUDENTS[f"{_student}|{_setting}"] = {**STUDENTS[_student], "distill.losses": _losses}
+
+
+def parse_sets(sets: list[str]) -> dict[str, Any]:
+    """``--set distill.epochs=30`` pairs (YAML values), applied to every candidate of the run."""
+    out = {}
+    for item in sets:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set expects KEY=VALUE (for example distill.epochs=30), got {item!r}")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def shown_name(name: str, sets: list[str]) -> str:
+    """The candidate's name with the run's --set pairs on its model part, so a distillation setting's
+    student alone (the part before '|') is the one trained with the same pairs."""
+    if not sets:
+        return name
+    model, sep, setting = name.partition("|")
+    return f"{model}[{','.join(sets)}]{sep}{setting}"
 
 
 def with_overrides(raw: dict[str, Any], overrides: dict[str, Any], **extra: Any) -> Params:
@@ -109,13 +132,16 @@ def run_teachers(raw: dict[str, Any], args: argparse.Namespace, emit: Any) -> No
         for seed in args.seeds:
             keep = Path(args.keep) / f"{name}-{seed}"
             params = with_overrides(
-                raw, TEACHERS[name], seed=seed, **{"paths.teacher": str(keep), "paths.checkpoints": args.tmp}
+                raw,
+                {**TEACHERS[name], **parse_sets(args.set)},
+                seed=seed,
+                **{"paths.teacher": str(keep), "paths.checkpoints": args.tmp},
             )
             losses = LossSet.build(Selections.resolve(params).losses("teacher.losses"), "teacher")
             emit(
                 {
                     "phase": "teachers",
-                    "name": name,
+                    "name": shown_name(name, args.set),
                     "seed": seed,
                     **train(params, "teacher", "teacher.model", Variant("teacher", losses), keep),
                 }
@@ -126,11 +152,15 @@ def run_students(raw: dict[str, Any], args: argparse.Namespace, emit: Any) -> No
     for name in args.names or STUDENTS:
         for seed in args.seeds:
             pairs = [("student_alone", "distill.baseline_losses"), ("student", "distill.losses")]
-            for variant, key in pairs[1:] if args.skip_alone else pairs:
+            if args.skip_alone:
+                pairs = pairs[1:]
+            if args.skip_distilled:
+                pairs = pairs[:1]
+            for variant, key in pairs:
                 out = Path(args.tmp) / f"{name}-{seed}-{variant}"
                 params = with_overrides(
                     raw,
-                    STUDENTS[name],
+                    {**STUDENTS[name], **parse_sets(args.set)},
                     seed=seed,
                     **{f"paths.{variant}": str(out), "paths.checkpoints": args.tmp},
                 )
@@ -139,12 +169,12 @@ def run_students(raw: dict[str, Any], args: argparse.Namespace, emit: Any) -> No
                 teacher = None
                 if losses.needs_teacher:
                     teacher, _ = load_model(
-                        Path(args.teacher), "cuda" if torch.cuda.is_available() else "cpu"
+                        Path(args.teacher.format(seed=seed)), "cuda" if torch.cuda.is_available() else "cpu"
                     )
                 emit(
                     {
                         "phase": "students",
-                        "name": name,
+                        "name": shown_name(name, args.set),
                         "variant": variant,
                         "seed": seed,
                         **train(
@@ -269,12 +299,20 @@ def main() -> None:
     parser.add_argument("phase", choices=["teachers", "students", "latency", "epoch-time", "table"])
     parser.add_argument("--names", nargs="*")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--teacher", help="a trained teacher's folder (students phase)")
+    parser.add_argument(
+        "--teacher", help="a trained teacher's folder (students phase); {seed} is replaced by each seed"
+    )
     parser.add_argument("--keep", default="sweep-teachers", help="where the teachers phase saves models")
     parser.add_argument("--images", type=int, default=5000)
     parser.add_argument("--skip-alone", action="store_true", help="students: train the distilled one only")
+    parser.add_argument(
+        "--skip-distilled", action="store_true", help="students: train the student alone only"
+    )
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--jsonl", default=None)
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="params override for every candidate"
+    )
     args = parser.parse_args()
     if args.phase == "table":  # --jsonl is read, not written
         print(

@@ -24,8 +24,9 @@ declare -A OVERRIDES=(
   [warm_start]="distill.warm_start={fraction: 0.2, epochs: 5}"
   [dist]="distill.losses=[{name: dist, weight: 1.0}, {name: ce, weight: 1.0}]"
   [transfer_then_distil]="transfer.order=transfer_then_distil"
+  [dark_knowledge]="distill.exclude_classes=[3]"
 )
-ORDER="kd scored_hard scored_soft scored_pool kd_pool warm_start dist transfer_then_distil"
+ORDER="kd scored_hard scored_soft scored_pool kd_pool warm_start dist transfer_then_distil dark_knowledge"
 methods=(${METHODS:-$ORDER})
 seeds=("$@")
 [ ${#seeds[@]} -gt 0 ] || seeds=(0 1 2)
