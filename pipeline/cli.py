@@ -169,7 +169,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from pipeline import predict
 
-    return predict.main([args.model, *args.images, "--top", str(args.top), "--labels", args.labels])
+    return predict.main(args.args, prog="distillops predict")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -205,16 +205,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("--no-log", action="store_true", help="do not log the table and figure to MLflow")
     report.set_defaults(func=cmd_report)
-    pred = sub.add_parser("predict", help="classify images with an exported ONNX model (onnxruntime + numpy)")
-    pred.add_argument("model")
-    pred.add_argument("images", nargs="+")
-    pred.add_argument("--top", type=int, default=1)
-    pred.add_argument("--labels", choices=["fashion", "index"], default="fashion")
+    pred = sub.add_parser(  # its arguments are pipeline.predict's own (distillops predict -h lists them)
+        "predict",
+        help="classify images with an exported ONNX model (onnxruntime, numpy, Pillow)",
+        add_help=False,
+    )
+    pred.add_argument("args", nargs=argparse.REMAINDER)
     pred.set_defaults(func=cmd_predict)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["predict"]:  # straight to pipeline.predict, whose options (and -h) are its own
+        from pipeline import predict
+
+        sys.exit(predict.main(argv[1:], prog="distillops predict"))
     args = build_parser().parse_args(argv)
     try:
         sys.exit(args.func(args))

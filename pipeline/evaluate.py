@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline import layout, report, runner, tracking
-from pipeline.atomic import write_json, write_text
+from pipeline import layout, model_registry, report, runner, tracking
+from pipeline.atomic import read_json, write_json, write_text
 from pipeline.data import DIGIT_CLASSES, FASHION_CLASSES, NUM_CLASSES, Split, load_splits
 from pipeline.modelio import count_parameters, load_model
 from pipeline.onnx_model import INPUT_NAME, OUTPUT_NAME, onnx_predict, ort_session
@@ -249,6 +249,44 @@ def _plots(params: Params, tests: dict[str, Split], preds: dict[str, np.ndarray]
     tracker.log_artifact(plots / "confusion.csv", "plots")
 
 
+def _registry_decision(params: Params, metrics: dict[str, float], tracker: Any) -> str | None:
+    """Record this execution's measurements on the student version export registered, and move the
+    'champion' alias to it when it wins (``pipeline.model_registry``); the decision, in words."""
+    parity_file = layout.onnx_file(params, "student").parent / layout.PARITY_FILE
+    registered = read_json(parity_file).get("registered") if parity_file.is_file() else None
+    if not tracker.active or not registered:
+        return None
+    name, version = registered["name"], str(registered["version"])
+    measured = {
+        "accuracy": metrics["student.onnx_accuracy"],
+        "latency_ms": metrics["student.latency_ms.onnx_b1"],
+        "onnx_bytes": metrics["student.onnx_bytes"],
+    }
+    description = (
+        f"Student {params.student.model.describe()} distilled from teacher {params.teacher.model.describe()} "
+        f"with {' + '.join(f'{s.weight:g} {s.describe()}' for s in params.distill.losses)}, "
+        f"{params.distill.epochs} epochs, seed {params.seed}. ONNX Runtime: test accuracy "
+        f"{measured['accuracy']:.4f}, {int(measured['onnx_bytes']):,} bytes, batch-1 latency "
+        f"{measured['latency_ms']:.4f} ms. Teacher {metrics['teacher.accuracy']:.4f}, student alone "
+        f"{metrics['student_alone.accuracy']:.4f}. Input: float32 [batch, 1, 28, 28] in [0, 1]; output: logits."
+    )
+    try:
+        decision = model_registry.evaluate_candidate(
+            tracker.client,
+            name,
+            version,
+            measured,
+            description,
+            params.mlflow.champion_margin,
+            params.mlflow.champion_max_latency_ms,
+        )
+    except Exception as exc:  # a version deleted from the registry meanwhile, another store...
+        return f"{name} v{version} not updated ({type(exc).__name__}: {exc})"
+    text = decision.describe(name, version)
+    tracker.set_tags({"distillops.registry_decision": text, "distillops.champion_version": decision.champion})
+    return text
+
+
 def run(ctx: StageContext) -> dict[str, float]:
     params = ctx.params
     tests = {
@@ -273,11 +311,14 @@ def run(ctx: StageContext) -> dict[str, float]:
             metrics["student.latency_ms.torch_b1"] / metrics["student.latency_ms.onnx_b1"]
         )
         _plots(params, tests, preds, tracker)
+        decision = _registry_decision(params, metrics, tracker)
         metrics_file = Path(params.paths.metrics)
         write_json(metrics_file, metrics)
         tracker.log_metrics(metrics, parent=True)
         tracker.log_artifact(metrics_file)
         print(report.summary(metrics, params))
+        if decision:
+            print(f"[evaluate] registry: {decision}")
     return metrics
 
 

@@ -4,7 +4,8 @@ Each model is exported with a dynamic batch axis (input ``pixels`` float32 ``[ba
 [0, 1], output ``logits``). The stage fails unless ONNX Runtime matches PyTorch on real test images at
 every batch size in ``export.parity_batches`` (max abs difference <= ``export.atol`` and the same
 argmax). The distilled student's ONNX file is logged to MLflow with signature and input example and
-registered as ``mlflow.registered_model``.
+registered as a new version of ``mlflow.registered_model`` with the alias ``candidate``
+(``pipeline.model_registry``); ``parity.json`` names that version, for evaluate.
 
 Outputs (``paths.onnx``): ``<name>.onnx`` per model, ``student_int8.onnx``, ``parity.json``. The ONNX
 helpers themselves live in ``pipeline.onnx_model``.
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline import layout, runner, tracking
+from pipeline import layout, model_registry, runner, tracking
 from pipeline.atomic import write_json
 from pipeline.data import NUM_CLASSES, Split, load_splits
 from pipeline.modelio import load_model
@@ -51,20 +52,25 @@ def run(ctx: StageContext) -> dict[str, Any]:
             report[layout.INT8] = {"file": q.name, "bytes": q.stat().st_size}
             tracker.log_metrics({f"{layout.INT8}.onnx_bytes": q.stat().st_size})
             print(f"[export] {layout.INT8}: {q} ({q.stat().st_size} bytes)")
+        example = data[layout.SOURCE_FILE]["test"].x[:1].astype(np.float32) / 255.0
+        name = params.mlflow.registered_model
+        version = tracking.log_onnx_model(
+            tracker, layout.onnx_file(params, "student"), "student_onnx", example, NUM_CLASSES, name
+        )
+        if version:
+            origin = {
+                "git_commit": tracker.base_tags.get(tracking.COMMIT_TAG, "unknown"),
+                "dvc_experiment": tracker.base_tags.get(tracking.DVC_EXP_TAG, "none"),
+                "mlflow_run": tracker.run_id or "",
+            }
+            model_registry.mark_candidate(tracker.client, name, version, origin)
+            report["registered"] = {"name": name, "version": version}  # evaluate records its metrics there
+            print(
+                f"[export] registered {name} version {version} in MLflow, alias '{model_registry.CANDIDATE}'"
+            )
         parity_file = layout.onnx_file(params, "student").parent / layout.PARITY_FILE
         write_json(parity_file, report)
         tracker.log_artifact(parity_file)
-        example = data[layout.SOURCE_FILE]["test"].x[:1].astype(np.float32) / 255.0
-        version = tracking.log_onnx_model(
-            tracker,
-            layout.onnx_file(params, "student"),
-            "student_onnx",
-            example,
-            NUM_CLASSES,
-            params.mlflow.registered_model,
-        )
-        if version:
-            print(f"[export] registered {params.mlflow.registered_model} version {version} in MLflow")
     return report
 
 

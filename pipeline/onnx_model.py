@@ -2,7 +2,8 @@
 static INT8 quantisation and batched prediction. Used by the export and evaluate stages and by the plugin
 checks.
 
-The exported model takes ``pixels`` (float32 ``[batch, C, H, W]`` in [0, 1]) and returns ``logits``.
+The exported model takes ``pixels`` (float32 ``[batch, C, H, W]`` in [0, 1]) and returns ``logits`` and
+their softmax, ``probabilities`` (what a served model answers with).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pipeline.errors import DistillopsError, MissingDependencyError
 
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "logits"
+PROBABILITIES = "probabilities"
 
 
 def export_onnx(model: nn.Module, path: Path, example: torch.Tensor, opset: int) -> Path:
@@ -42,6 +44,26 @@ def export_onnx(model: nn.Module, path: Path, example: torch.Tensor, opset: int)
     if program is None:
         raise DistillopsError(f"torch.onnx.export returned nothing for {path.name}")
     write_with(path, lambda tmp: program.save(str(tmp)))
+    return with_probabilities(path)
+
+
+def with_probabilities(path: Path) -> Path:
+    """Add a second output, ``probabilities`` (softmax of ``logits`` over the classes), in place."""
+    import copy
+
+    import onnx
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    if any(o.name == PROBABILITIES for o in graph.output):
+        return path
+    logits = next(o for o in graph.output if o.name == OUTPUT_NAME)
+    graph.node.append(onnx.helper.make_node("Softmax", [OUTPUT_NAME], [PROBABILITIES], axis=-1))
+    out = copy.deepcopy(logits)
+    out.name = PROBABILITIES
+    graph.output.append(out)
+    onnx.checker.check_model(model)
+    write_with(path, lambda tmp: onnx.save(model, str(tmp)))
     return path
 
 

@@ -168,6 +168,8 @@ class EvaluateParams:
 class MlflowParams:
     experiment: str
     registered_model: str
+    champion_margin: float  # a new version takes the 'champion' alias only when it beats it by this much
+    champion_max_latency_ms: float | None  # ... and answers one image within this (None: no bound)
 
 
 @dataclass(frozen=True)
@@ -340,6 +342,14 @@ def _check_values(p: Params, source: str) -> None:
     for stage in ("teacher", "distill", "transfer"):
         if not getattr(p, stage).losses:
             _fail(source, f"{stage}.losses", "needs at least one loss")
+    if p.mlflow.champion_margin < 0:
+        _fail(source, "mlflow.champion_margin", f"must be >= 0, got {p.mlflow.champion_margin}")
+    if p.mlflow.champion_max_latency_ms is not None and p.mlflow.champion_max_latency_ms <= 0:
+        _fail(
+            source,
+            "mlflow.champion_max_latency_ms",
+            f"must be > 0 or null, got {p.mlflow.champion_max_latency_ms}",
+        )
     if not 0 < p.transfer.body_lr_scale <= 1:
         _fail(source, "transfer.body_lr_scale", f"must be in (0, 1], got {p.transfer.body_lr_scale}")
     if p.distill.warm_start is not None:

@@ -1,6 +1,7 @@
 """Classify images with an exported ONNX student, using only numpy and onnxruntime.
 
-    python -m pipeline.predict models/onnx/student.onnx images.npy [--top 3]
+    distillops predict models/onnx/student.onnx shoe.png images.npy [--top 3] [--json]
+    python -m pipeline.predict ...          (the same, where distillops is not installed)
 
 ``images.npy``: uint8 ``[N, 28, 28]`` or ``[N, 1, 28, 28]`` (0-255), or float32 in [0, 1]. PNG/JPEG
 files work too when Pillow is installed. This module imports nothing else from distillops, so it can be
@@ -30,7 +31,9 @@ FASHION_CLASSES = (
 )
 
 
-def load_images(paths: list[str]) -> np.ndarray:
+def load_images(paths: list[str], with_sources: bool = False) -> np.ndarray | tuple[np.ndarray, list[str]]:
+    """The images of ``paths`` as float32 ``[N, 1, 28, 28]`` in [0, 1]; with ``with_sources``, also a
+    name per image (the file, and ``file[i]`` for the rows of an array)."""
     arrays = []
     for p in paths:
         path = Path(p)
@@ -55,7 +58,13 @@ def load_images(paths: list[str]) -> np.ndarray:
                 f"error: {path}: expected images of shape [N, 28, 28] or [N, 1, 28, 28], got {a.shape}"
             )
         arrays.append(a.astype(np.float32) / 255.0 if a.dtype == np.uint8 else a.astype(np.float32))
-    return np.concatenate(arrays)
+    images = np.concatenate(arrays)
+    if not with_sources:
+        return images
+    sources = []
+    for p, a in zip(paths, arrays, strict=True):
+        sources += [f"{p}[{i}]" for i in range(len(a))] if p.endswith(".npy") else [p]
+    return images, sources
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
@@ -64,24 +73,29 @@ def softmax(z: np.ndarray) -> np.ndarray:
 
 
 def predict(model: str, images: np.ndarray) -> np.ndarray:
+    """Class probabilities: the model's ``probabilities`` output, or the softmax of its first output."""
     try:
         import onnxruntime as ort
     except ImportError:
         raise SystemExit("error: predicting needs onnxruntime: pip install onnxruntime") from None
     session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    return softmax(session.run(None, {name: images})[0])
+    outputs = [o.name for o in session.get_outputs()]
+    if "probabilities" in outputs:
+        return session.run(["probabilities"], {name: images})[0]
+    return softmax(session.run([outputs[0]], {name: images})[0])
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m pipeline.predict") -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.predict",
+        prog=prog,
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("model", help="an exported .onnx model")
     parser.add_argument("images", nargs="+", help=".npy arrays or image files")
     parser.add_argument("--top", type=int, default=1, help="how many classes to report per image")
+    parser.add_argument("--json", action="store_true", help="one JSON object per image instead of text")
     parser.add_argument(
         "--labels",
         choices=["fashion", "index"],
@@ -89,22 +103,19 @@ def main(argv: list[str] | None = None) -> int:
         help="class names: Fashion-MNIST's (students) or the class index (e.g. the digits model)",
     )
     args = parser.parse_args(argv)
-    probs = predict(args.model, load_images(args.images))
+    if args.top < 1:
+        parser.error(f"--top must be at least 1, got {args.top}")
+    images, sources = load_images(args.images, with_sources=True)
+    probs = predict(args.model, images)
     use_names = args.labels == "fashion" and probs.shape[1] == len(FASHION_CLASSES)
     classes = FASHION_CLASSES if use_names else tuple(map(str, range(probs.shape[1])))
-    for i, row in enumerate(probs):
+    for i, (row, source) in enumerate(zip(probs, sources, strict=True)):
         top = np.argsort(-row)[: args.top]
-        print(
-            json.dumps(
-                {
-                    "index": i,
-                    "predictions": [
-                        {"class": int(k), "label": classes[k], "probability": round(float(row[k]), 4)}
-                        for k in top
-                    ],
-                }
-            )
-        )
+        found = [{"class": int(k), "label": classes[k], "probability": round(float(row[k]), 4)} for k in top]
+        if args.json:
+            print(json.dumps({"index": i, "source": source, "predictions": found}))
+        else:
+            print(f"{source}: " + ", ".join(f"{p['label']} {p['probability']:.4f}" for p in found))
     return 0
 
 

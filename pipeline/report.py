@@ -161,7 +161,7 @@ def summary(m: dict[str, float], params: Any) -> str:
         f"  ONNX student   {onnx}   ({int(m['student.onnx_bytes']):,} bytes)",
         f"  predict        distillops predict {onnx} images.npy",
         f"  MLflow         mlflow ui --backend-store-uri {tracking_uri()}",
-        f"  registry       models:/{params.mlflow.registered_model}/latest",
+        f"  registry       models:/{params.mlflow.registered_model}@champion (this version: @candidate)",
     ]
     return "\n".join(lines)
 

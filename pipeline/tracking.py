@@ -4,9 +4,13 @@
   absolute path (from inside a ``dvc exp run --temp/--queue`` copy, which lives under
   ``<root>/.dvc/tmp/exps/``, the root is the folder above ``.dvc``), so every run of a repository lands
   in one store. Experiment: ``MLFLOW_EXPERIMENT_NAME`` when set, else ``mlflow.experiment`` in params.
-* Grouping: the stages of one pipeline configuration (git commit + params file contents, or the
-  ``DISTILLOPS_PIPELINE_ID`` environment variable when set) share one parent run; each stage logs a
-  child run tagged ``distillops.stage``.
+* Grouping: the stages of one pipeline execution share one parent run, and each stage logs a child run
+  tagged ``distillops.stage``. An execution is one ``dvc repro`` or ``dvc exp run`` (the nearest ``dvc``
+  process above the stage; the parent is named after the DVC experiment when there is one), else one
+  configuration (git commit + params file) for stages run by hand, or ``DISTILLOPS_PIPELINE_ID`` when
+  set. The parent's status and end follow its stages: RUNNING while one runs, then the last one's
+  status. Stages DVC skipped log nothing: the parent is tagged ``distillops.stage_run.<stage>`` with the
+  run that produced their outputs (``pipeline.provenance``), and its description lists every stage.
 * Status: an exception marks the stage's run FAILED, SIGTERM/SIGINT marks it KILLED, and runs that a
   killed process left RUNNING on this host are marked KILLED when the next stage starts.
 * Distributed: only the process with ``RANK`` 0 (or no ``RANK``) talks to MLflow; the others get a
@@ -24,15 +28,21 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline import interrupts
+from pipeline import interrupts, provenance
 from pipeline.params import Params, flatten
 
 STAGE_TAG = "distillops.stage"
 COMMIT_TAG = "distillops.git_commit"
 PIPELINE_TAG = "distillops.pipeline_key"
+EXECUTION_TAG = "distillops.execution"
+DVC_EXP_TAG = "distillops.dvc_experiment"
+STAGE_RUN_TAG = "distillops.stage_run."  # + stage: on the parent, the run that produced that stage's outputs
+NOTE_TAG = "mlflow.note.content"  # a run's description in the MLflow UI (markdown)
+STAGES = ("prepare", "teacher", "distill", "transfer", "export", "evaluate")
 PARENT_TAG = "mlflow.parentRunId"
 VARIANT_TAG = "distillops.variant"
 DB_NAME = "mlflow.db"
@@ -80,10 +90,48 @@ def git_commit(cwd: Path | None = None) -> tuple[str, bool]:
 
 
 def pipeline_key(params_text: str, commit: str) -> str:
+    """The configuration's key: ``DISTILLOPS_PIPELINE_ID`` when set, else a hash of commit and params."""
     explicit = os.environ.get("DISTILLOPS_PIPELINE_ID")
     if explicit:
         return explicit
     return hashlib.sha256(f"{commit}\n{params_text}".encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Execution:
+    """One run of the pipeline: the key its stages share, the parent run's name, the DVC experiment."""
+
+    key: str
+    name: str
+    dvc_experiment: str | None = None
+
+
+def _dvc_ancestor() -> tuple[int, float] | None:
+    """(pid, start time) of the nearest ``dvc`` process above this one (``dvc repro``, or the process that
+    runs one ``dvc exp run`` experiment), or None."""
+    try:
+        import psutil
+
+        for proc in psutil.Process().parents():
+            argv = proc.cmdline()
+            head = [Path(a).name for a in argv[:3]]
+            if "dvc" in head or argv[1:3] == ["-m", "dvc"]:
+                return proc.pid, proc.create_time()
+    except Exception:  # no psutil, or a process that vanished or cannot be read: no execution known
+        return None
+    return None
+
+
+def current_execution(params_text: str, commit: str) -> Execution:
+    experiment = os.environ.get("DVC_EXP_NAME") or None
+    config = pipeline_key(params_text, commit)
+    if os.environ.get("DISTILLOPS_PIPELINE_ID"):
+        return Execution(config, experiment or f"pipeline-{config[:8]}", experiment)
+    dvc = _dvc_ancestor()
+    if dvc is None:  # stages run by hand: one parent per configuration
+        return Execution(config, experiment or f"pipeline-{config[:8]}", experiment)
+    key = hashlib.sha256(f"{socket.gethostname()}:{dvc[0]}:{dvc[1]}".encode()).hexdigest()[:16]
+    return Execution(key, experiment or f"repro-{commit[:7]}", experiment)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -144,6 +192,21 @@ class Tracker:
         from mlflow.entities import RunTag
 
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_dataset(self, name: str, digest: str, source: str | Path, context: str) -> None:
+        """An MLflow dataset input of this run (shown in the run list's Dataset column and on the run's
+        page): ``name``, a ``digest`` of its contents, where it is (``source``), and how the run used it
+        (``context``: training, validation, test)."""
+        if not self.active:
+            return
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.data.sources import LocalArtifactDatasetSource
+        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        dataset = MetaDataset(LocalArtifactDatasetSource(str(source)), name=name, digest=digest)
+        entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
+        self.client.log_inputs(self.run_id, datasets=[entity])
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if self.active and Path(path).exists():
@@ -211,22 +274,60 @@ def mark_stale_runs_killed(client: Any, experiment_id: str) -> list[str]:
     return stale
 
 
-def _parent_run(client: Any, experiment_id: str, key: str, commit: str) -> str:
+def _parent_run(
+    client: Any, experiment_id: str, execution: Execution, config: str, commit: str, params: Params
+) -> str:
+    """The execution's parent run, created (with the params) by its first stage, marked RUNNING."""
     runs = client.search_runs(
         [experiment_id],
-        filter_string=f"tags.`{PIPELINE_TAG}` = '{key}' and tags.`{STAGE_TAG}` = 'pipeline'",
+        filter_string=f"tags.`{EXECUTION_TAG}` = '{execution.key}' and tags.`{STAGE_TAG}` = 'pipeline'",
         max_results=1,
         order_by=["attributes.start_time ASC"],
     )
     if runs:
+        client.update_run(runs[0].info.run_id, status="RUNNING")
         return runs[0].info.run_id
-    run = client.create_run(
-        experiment_id,
-        run_name=f"pipeline-{key[:8]}",
-        tags={PIPELINE_TAG: key, STAGE_TAG: "pipeline", COMMIT_TAG: commit},
-    )
-    client.set_terminated(run.info.run_id, status="FINISHED")
+    tags = {EXECUTION_TAG: execution.key, PIPELINE_TAG: config, STAGE_TAG: "pipeline", COMMIT_TAG: commit}
+    if execution.dvc_experiment:
+        tags[DVC_EXP_TAG] = execution.dvc_experiment
+    run = client.create_run(experiment_id, run_name=execution.name, tags=tags)
+    Tracker(client, run.info.run_id).log_params(flatten(params))
     return run.info.run_id
+
+
+def _link_upstream(client: Any, parent_id: str, stage: str, params: Params, execution: Execution) -> None:
+    """Tag the parent with the runs that produced the outputs this stage reads, when another execution
+    produced them (DVC skipped those stages this time)."""
+    from mlflow.entities import RunTag
+
+    tags = [
+        RunTag(f"{STAGE_RUN_TAG}{up}", rec["run_id"])
+        for up, rec in provenance.upstream(stage, params).items()
+        if rec.get("execution") != execution.key
+    ]
+    if tags:
+        client.log_batch(parent_id, tags=tags)
+
+
+def _describe(client: Any, parent_id: str, experiment_id: str, execution: Execution) -> None:
+    """The parent's description: each stage, and the run that produced its outputs (this execution's,
+    or an earlier one's when DVC skipped the stage)."""
+    parent = client.get_run(parent_id)
+    lines = [f"Pipeline execution `{execution.name}`; stages and the runs that produced their outputs:", ""]
+    for stage in STAGES:
+        run_id = parent.data.tags.get(f"{STAGE_RUN_TAG}{stage}")
+        if not run_id:
+            continue
+        try:
+            produced = client.get_run(run_id)
+        except Exception:  # deleted meanwhile, or in another store
+            lines.append(f"- **{stage}**: run `{run_id}` (not found in this store)")
+            continue
+        here = produced.data.tags.get(PARENT_TAG) == parent_id
+        how = "ran in this execution" if here else "skipped by DVC (outputs unchanged), produced by"
+        link = f"[{produced.info.run_name}](#/experiments/{produced.info.experiment_id}/runs/{run_id})"
+        lines.append(f"- **{stage}**: {how} {link}, {produced.info.status.lower()}")
+    client.set_tag(parent_id, NOTE_TAG, "\n".join(lines))
 
 
 @contextlib.contextmanager
@@ -236,7 +337,8 @@ def stage_run(
     params_file: str | Path = "params.yaml",
     plugin_tags: Mapping[str, str] | None = None,
 ) -> Iterator[Tracker]:
-    """One MLflow child run for a stage, with the contract's tags, ended with the right status."""
+    """One MLflow child run for a stage, with the contract's tags, ended with the right status; the
+    execution's parent run follows it (status, end time, description)."""
     with interrupts.installed():
         if not is_primary():
             yield Tracker()
@@ -250,24 +352,38 @@ def stage_run(
         mark_stale_runs_killed(client, experiment_id)
         commit, dirty = git_commit()
         params_text = Path(params_file).read_text() if Path(params_file).exists() else ""
-        parent_id = _parent_run(client, experiment_id, pipeline_key(params_text, commit), commit)
+        execution = current_execution(params_text, commit)
+        config = pipeline_key(params_text, commit)
+        parent_id = _parent_run(client, experiment_id, execution, config, commit, params)
+        _link_upstream(client, parent_id, stage, params, execution)
         tags = {
             STAGE_TAG: stage,
             COMMIT_TAG: commit,
+            EXECUTION_TAG: execution.key,
             "distillops.git_dirty": str(dirty).lower(),
             "distillops.host": socket.gethostname(),
             "distillops.pid": str(os.getpid()),
             PARENT_TAG: parent_id,
             **(plugin_tags or {}),
         }
+        if execution.dvc_experiment:
+            tags[DVC_EXP_TAG] = execution.dvc_experiment
         run = client.create_run(experiment_id, run_name=stage, tags=tags)
+        client.set_tag(parent_id, f"{STAGE_RUN_TAG}{stage}", run.info.run_id)
         tracker = Tracker(client, run.info.run_id, parent_id, experiment_id, tags)
         tracker.log_params(flatten(params))
         try:
             with _ended(client, run.info.run_id):
                 yield tracker
+                provenance.record(
+                    stage,
+                    params,
+                    {"run_id": run.info.run_id, "experiment_id": experiment_id, "execution": execution.key},
+                )
         finally:
             status = client.get_run(run.info.run_id).info.status
+            client.set_terminated(parent_id, status=status)
+            _describe(client, parent_id, experiment_id, execution)
             print(f"[{stage}] MLflow run {run.info.run_id} {status} in {tracking_uri(root)}", file=sys.stderr)
 
 
@@ -289,10 +405,11 @@ def log_onnx_model(
 
     model = onnx.load(str(onnx_path))
     in_name = model.graph.input[0].name
-    out_name = model.graph.output[0].name
-    signature = ModelSignature(
+    signature = ModelSignature(  # every output: logits and, for the exported students, probabilities
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *example.shape[1:]), in_name)]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, num_classes), out_name)]),
+        outputs=Schema(
+            [TensorSpec(np.dtype(np.float32), (-1, num_classes), out.name) for out in model.graph.output]
+        ),
     )
     mlflow.set_tracking_uri(tracker.client.tracking_uri)
     with mlflow.start_run(run_id=tracker.run_id):

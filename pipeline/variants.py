@@ -10,6 +10,7 @@ stage's MLflow run, and, when a stage trains several, also to a nested run per v
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -75,6 +76,14 @@ class Variant:
     out: Path | None = None
 
 
+def split_digest(split: Split) -> str:
+    """A short digest of a split's images and labels (the same data gives the same digest)."""
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(split.x).data)
+    h.update(np.ascontiguousarray(split.y).data)
+    return h.hexdigest()[:16]
+
+
 @dataclass
 class Fitted:
     model: nn.Module
@@ -96,6 +105,7 @@ class StageTraining:
     train_split: str = "train"
     augmentation: Augmentation = field(default_factory=Augmentation)
     warm_start: WarmStart | None = None  # every variant first trains on a random share of the split
+    dataset: tuple[str, Path] | None = None  # the dataset's name and prepared file (MLflow dataset inputs)
 
     @classmethod
     def on_source_task(
@@ -122,6 +132,7 @@ class StageTraining:
             splits,
             augmentation=augmentation,
             warm_start=warm_start,
+            dataset=(params.data.dataset, layout.prepared(params, layout.SOURCE_FILE)),
         )
 
     def without_classes(self, classes: Sequence[int]) -> int:
@@ -204,6 +215,9 @@ class StageTraining:
             on_epoch=lambda epoch, metrics: log(metrics, step=epoch),
             before_epoch=variant.before_epoch,
         )
+        trackers[-1].log_params(self.model_params(variant, model))
+        self._log_datasets(trackers[-1], variant)
+        trackers[-1].log_metrics({"parameters": sum(p.numel() for p in model.parameters())})
         result = trainer.fit(self._train_set(variant), self.splits["val"])
         test = self.splits["test"]
         logits = predict_logits(
@@ -227,6 +241,43 @@ class StageTraining:
             f"[{self.stage}] {variant.name}: test accuracy {test_acc:.4f} ({result.seconds:.0f} s training)"
         )
         return Fitted(model, result.history, test_acc, result.seconds)
+
+    def _log_datasets(self, tracker: Tracker, variant: Variant) -> None:
+        """The model's training, validation and test data as MLflow dataset inputs: the prepared splits,
+        named ``<dataset>-<split>``, with a digest of their images and labels."""
+        if self.dataset is None or not tracker.active:
+            return
+        name, source = self.dataset
+        own = "scored transfer set" if variant.train is not None else self.train_split
+        for split, data, context in (
+            (own, self._train_set(variant), "training"),
+            ("val", self.splits["val"], "validation"),
+            ("test", self.splits["test"], "test"),
+        ):
+            tracker.log_dataset(f"{name}-{split}", split_digest(data), source.resolve(), context)
+
+    def model_params(self, variant: Variant, model: nn.Module) -> dict[str, Any]:
+        """What this model is and how it trained, under the same keys for every model (teacher, students,
+        transferred, scratch), so MLflow's compare view lines the models up."""
+        selected = variant.model or self.model
+        augmenters = ", ".join(p.describe() for p in self.augmentation.plugins) or "none"
+        return {
+            "model": selected.spec.describe(),
+            "model.name": selected.spec.name,
+            "losses": " + ".join(f"{t.weight:g} {t.plugin.describe()}" for t in variant.losses.terms),
+            "teacher": type(variant.teacher).__name__ if variant.teacher is not None else "none",
+            "stage": self.stage,
+            "seed": self.runtime.seed,
+            "train_images": len(self._train_set(variant)),
+            "epochs": self.cfg.epochs,
+            "batch_size": self.cfg.batch_size,
+            "optimizer": self.cfg.optimizer,
+            "lr": self.cfg.lr,
+            "weight_decay": self.cfg.weight_decay,
+            "schedule": self.cfg.schedule,
+            "augment": augmenters if self.augmentation.copies is None else f"offline copies of {augmenters}",
+            "init": variant.meta.get("init", "copied weights" if variant.init is not None else "random"),
+        }
 
     def _warm_start(
         self,

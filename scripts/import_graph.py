@@ -32,6 +32,8 @@ STAGES = ("prepare", "teacher", "distill", "transfer", "export", "evaluate")
 RESULT_NEUTRAL = {
     "pipeline/__init__.py": "only reads the package version",
     "pipeline/tracking.py": "MLflow logging: what is recorded about a run, not what the run computes",
+    "pipeline/provenance.py": "records which MLflow run wrote the outputs, not what they compute",
+    "pipeline/model_registry.py": "registry aliases and tags in MLflow, not what a stage computes",
     "pipeline/atomic.py": "how files are written (temp file + rename), not what they hold",
     "pipeline/dvc_restore.py": "runs only after a stage failed, to put back its previous outputs",
     "pipeline/interrupts.py": "signal handling; a resumed run ends bit-identical to an uninterrupted one",

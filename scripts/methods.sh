@@ -49,7 +49,8 @@ echo "running $(( ${#seeds[@]} * ${#methods[@]} )) experiments one at a time (dv
 # one worker: the default SQLite MLflow store takes one writer at a time. `dvc exp run --run-all` was seen
 # not to return after the last experiment, so the queue is started and watched instead.
 dvc queue start -j 1 >/dev/null
-while dvc queue status | grep -qE " (Queued|Running) *$"; do sleep 20; done
+# (the status is read whole before grep looks at it: `grep -q` stopping early would fail the pipe)
+while grep -qE " (Queued|Running) *$" <<< "$(dvc queue status)"; do sleep 20; done
 dvc queue stop >/dev/null 2>&1 || true
-dvc queue status | grep -E " Failed *$" && echo "some experiments failed: dvc queue logs NAME" >&2
+grep -E " Failed *$" <<< "$(dvc queue status)" && echo "some experiments failed: dvc queue logs NAME" >&2
 distillops report --out reports/methods

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -125,8 +126,39 @@ def test_mlflow_has_one_run_per_stage_grouped_and_tagged(repro):
     variants = {r.data.tags.get("distillops.variant") for r in runs}
     assert {"student", "student_alone", "transferred", "scratch"} <= variants
     assert stage_runs["pipeline"].data.metrics["student.accuracy"] >= 0  # summary on the parent run
+    parent = stage_runs["pipeline"]  # one `dvc repro`: one parent, spanning its stages, FINISHED
+    assert parent.info.run_name == f"repro-{commit[:7]}" and parent.info.status == "FINISHED"
+    assert parent.info.start_time <= min(stage_runs[s].info.start_time for s in STAGES)
+    assert parent.info.end_time >= max(stage_runs[s].info.end_time for s in STAGES)
+    assert parent.data.params["distill.epochs"] == "1"  # the execution's params, to compare executions
+    # every model's run: its own params and the same metric names, so the compare view lines them up
+    models = [stage_runs["teacher"], *(r for r in runs if r.data.tags.get("distillops.variant"))]
+    assert len(models) >= 5
+    for run in models:
+        assert {"model", "losses", "epochs", "lr", "optimizer", "train_images", "init"} <= set(
+            run.data.params
+        )
+        assert {"val_accuracy", "test_accuracy", "parameters"} <= set(run.data.metrics), run.info.run_name
+        inputs = client.get_run(run.info.run_id).inputs.dataset_inputs  # the data it saw, as MLflow datasets
+        contexts = {tag.value for d in inputs for tag in d.tags if tag.key == "mlflow.data.context"}
+        assert contexts == {"training", "validation", "test"}, run.info.run_name
+        assert all(d.dataset.digest and d.dataset.source for d in inputs)
+    student = next(r for r in runs if r.data.tags.get("distillops.variant") == "student")
+    assert "kd(" in student.data.params["losses"] and student.data.params["teacher"] != "none"
     versions = client.search_model_versions("name='distillops-student'")
     assert versions and versions[0].run_id == stage_runs["export"].info.run_id
+    # the first version is both candidate and champion, with what evaluate measured and a description
+    champion = client.get_model_version_by_alias("distillops-student", "champion")
+    assert str(champion.version) == str(versions[0].version) and set(champion.aliases) == {
+        "candidate",
+        "champion",
+    }
+    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    assert float(champion.tags["accuracy"]) == pytest.approx(metrics["student.onnx_accuracy"], abs=1e-4)
+    assert int(champion.tags["onnx_bytes"]) == metrics["student.onnx_bytes"]
+    assert champion.tags["git_commit"] == commit and "distilled from teacher" in champion.description
+    decision = stage_runs["evaluate"].data.tags["distillops.registry_decision"]
+    assert decision.endswith("is the new champion: there was no champion yet")
 
 
 def test_registered_onnx_model_loads_with_signature_and_predicts(repro):
@@ -134,10 +166,95 @@ def test_registered_onnx_model_loads_with_signature_and_predicts(repro):
 
     repo, _ = repro
     mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
-    model = mlflow.pyfunc.load_model("models:/distillops-student/1")
+    model = mlflow.pyfunc.load_model("models:/distillops-student@champion")
     assert list(model.metadata.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 1, 28, 28]
     out = model.predict({"pixels": np.zeros((3, 1, 28, 28), np.float32)})
     assert next(iter(out.values())).shape == (3, 10)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_served_champion_answers_what_predict_answers(repro, pipeline_env, tmp_path):
+    """A real `mlflow models serve` of the champion on 127.0.0.1, asked about real test images saved as
+    PNG files: its probabilities are `distillops predict`'s on the same files and the same model file."""
+    import urllib.request
+
+    import mlflow.artifacts
+    from PIL import Image
+
+    from pipeline import predict
+
+    repo, _ = repro
+    uri = f"sqlite:///{repo / 'mlflow.db'}"
+    files = []
+    for i, img in enumerate(np.load(repo / "data/prepared/source.npz")["x_test"][:8]):
+        Image.fromarray(img[0]).resize((56, 56)).save(tmp_path / f"test{i}.png")
+        files.append(str(tmp_path / f"test{i}.png"))
+    model_dir = mlflow.artifacts.download_artifacts(
+        "models:/distillops-student@champion", dst_path=str(tmp_path / "champion"), tracking_uri=uri
+    )
+    onnx_file = next(Path(model_dir).glob("*.onnx"))
+    out = sh(["distillops", "predict", str(onnx_file), *files, "--top", "10", "--json"], repo, pipeline_env)
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    by_predict = np.zeros((len(files), 10))
+    for i, row in enumerate(rows):
+        for p in row["predictions"]:
+            by_predict[i, p["class"]] = p["probability"]
+
+    port = _free_port()
+    env = {**pipeline_env, "MLFLOW_TRACKING_URI": uri}
+    server = subprocess.Popen(
+        [
+            "mlflow",
+            "models",
+            "serve",
+            "-m",
+            "models:/distillops-student@champion",
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        cwd=repo,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert server.poll() is None, server.stdout.read()
+            assert time.time() < deadline, "mlflow models serve did not answer /ping in 180 s"
+            time.sleep(1)
+        body = json.dumps({"inputs": {"pixels": predict.load_images(files).tolist()}}).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=60) as r:
+            answer = json.loads(r.read())
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    served = np.asarray(answer["predictions"]["probabilities"])
+    assert served.shape == (len(files), 10) and np.allclose(served.sum(1), 1, atol=1e-5)
+    assert (served.argmax(1) == by_predict.argmax(1)).all()
+    assert np.allclose(served, by_predict, atol=1e-4)  # predict rounds to 4 decimals
+    print("served classes:", served.argmax(1).tolist(), "predict classes:", by_predict.argmax(1).tolist())
 
 
 def test_onnx_matches_pytorch_at_batch_1_7_32(repro):
@@ -163,7 +280,7 @@ def test_predict_command_needs_only_onnxruntime_and_numpy(repro, pipeline_env):
     np.save(repo / "three.npy", images)
     code = (
         "import sys, runpy; sys.modules['torch'] = None; sys.modules['mlflow'] = None; "
-        "sys.argv = ['predict', 'models/onnx/student.onnx', 'three.npy', '--top', '2']; "
+        "sys.argv = ['predict', 'models/onnx/student.onnx', 'three.npy', '--top', '2', '--json']; "
         "runpy.run_module('pipeline.predict', run_name='__main__')"
     )
     out = sh([sys.executable, "-c", code], repo, pipeline_env, check=False)
@@ -273,6 +390,14 @@ def test_warm_start_through_dvc_exp_run_reruns_only_the_stages_after_the_teacher
         f"tags.`mlflow.parentRunId` = '{distill.info.run_id}' and tags.`distillops.variant` = 'student'",
     )[0]
     assert "warm_start.val_accuracy" in student.data.metrics and "val_accuracy" in student.data.metrics
+    # the experiment's parent is named after it and links the teacher run of the first execution, which
+    # DVC did not rerun
+    parent = client.get_run(distill.data.tags["mlflow.parentRunId"])
+    assert parent.info.run_name == parent.data.tags["distillops.dvc_experiment"] != ""
+    teacher = stage_runs("teacher")[0]
+    assert parent.data.tags["distillops.stage_run.teacher"] == teacher.info.run_id
+    assert teacher.data.tags["mlflow.parentRunId"] != parent.info.run_id
+    assert "**teacher**: skipped by DVC" in parent.data.tags["mlflow.note.content"]
 
 
 def test_left_out_classes_are_reported_before_and_after_the_bias(repro, pipeline_env):

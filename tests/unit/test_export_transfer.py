@@ -91,16 +91,76 @@ def test_predict_reports_top_classes_with_chosen_labels(exported, tmp_path, caps
     model, path = exported
     images = (np.random.default_rng(1).random((3, 28, 28)) * 255).astype(np.uint8)
     np.save(tmp_path / "x.npy", images)
-    assert predict.main([str(path), str(tmp_path / "x.npy"), "--top", "3", "--labels", "index"]) == 0
+    assert (
+        predict.main([str(path), str(tmp_path / "x.npy"), "--top", "3", "--labels", "index", "--json"]) == 0
+    )
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     expected = model(torch.from_numpy(images[:, None].astype(np.float32) / 255)).argmax(1).tolist()
     assert [r["predictions"][0]["class"] for r in rows] == expected
     assert all(len(r["predictions"]) == 3 and r["predictions"][0]["label"].isdigit() for r in rows)
-    predict.main([str(path), str(tmp_path / "x.npy")])
+    predict.main([str(path), str(tmp_path / "x.npy"), "--json"])
     assert (
         json.loads(capsys.readouterr().out.splitlines()[0])["predictions"][0]["label"]
         in predict.FASHION_CLASSES
     )
+
+
+def test_exported_model_answers_probabilities_too(exported):
+    model, path = exported
+    x = np.random.default_rng(2).random((5, 1, 28, 28)).astype(np.float32)
+    logits, probs = ort_session(path).run(["logits", "probabilities"], {"pixels": x})
+    expected = torch.softmax(model(torch.from_numpy(x)), 1).detach().numpy()
+    assert np.allclose(probs, expected, atol=1e-5) and np.allclose(probs.sum(1), 1, atol=1e-5)
+
+
+def test_distillops_predict_reads_real_image_files_of_any_size_without_torch(exported, tmp_path):
+    """Real Fashion-MNIST test images saved as PNG and JPEG, grey and RGB, at other sizes: `distillops
+    predict` (a real subprocess in which importing torch fails) gives the same classes and probabilities
+    as the model on the same pixels, as text and as JSON."""
+    import json
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from pipeline.data import DEBIAN_DIR, read_idx
+
+    model, path = exported
+    images = read_idx(DEBIAN_DIR / "t10k-images-idx3-ubyte.gz")[:4]
+    files = []
+    for i, (img, (size, mode, ext)) in enumerate(
+        zip(
+            images,
+            [(28, "L", "png"), (56, "RGB", "png"), (100, "L", "jpg"), (28, "RGB", "jpeg")],
+            strict=True,
+        )
+    ):
+        pic = Image.fromarray(img).convert(mode).resize((size, size))
+        pic.save(tmp_path / f"item{i}.{ext}", quality=100)
+        files.append(str(tmp_path / f"item{i}.{ext}"))
+    block_torch = "import sys; sys.modules['torch'] = None; from pipeline.cli import main; main(sys.argv[1:])"
+    run = subprocess.run(
+        [sys.executable, "-c", block_torch, "predict", str(path), *files, "--top", "2", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    rows = [json.loads(line) for line in run.stdout.splitlines()]
+    assert [r["source"] for r in rows] == files
+    from pipeline import predict  # the same reading, in this process, to compare with the model itself
+
+    pixels = predict.load_images(files)
+    expected = torch.softmax(model(torch.from_numpy(pixels)), 1).detach().numpy()
+    for row, probs in zip(rows, expected, strict=True):
+        assert [p["class"] for p in row["predictions"]] == np.argsort(-probs)[:2].tolist()
+        assert row["predictions"][0]["probability"] == pytest.approx(float(probs.max()), abs=1e-4)
+    text = subprocess.run(
+        [sys.executable, "-c", block_torch, "predict", str(path), files[0]],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert text.startswith(f"{files[0]}: {predict.FASHION_CLASSES[int(expected[0].argmax())]} ")
 
 
 def test_standalone_predict_class_names_match_the_dataset():

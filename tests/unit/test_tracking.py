@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline import interrupts, tracking
+from pipeline import interrupts, provenance, tracking
 from tests.conftest import repo_params
 
 
@@ -102,3 +103,104 @@ def test_only_rank_zero_tracks(tmp_path, monkeypatch, mlflow_store):
         assert not t.active
         t.log_metrics({"x": 1.0})
     assert MlflowClient(mlflow_store).get_experiment_by_name("tests") is None
+
+
+STAGE_SCRIPT = """
+import sys
+from pipeline import tracking
+from tests.conftest import repo_params
+
+stage, outcome = sys.argv[1], sys.argv[2]
+with tracking.stage_run(stage, repo_params(), "params.yaml"):
+    if outcome == "fail":
+        raise SystemExit("boom")
+"""
+
+
+def _fake_dvc(tmp_path: Path, stages: list[tuple[str, str]]) -> Path:
+    """An executable named ``dvc`` that runs the given stages one after another, each in its own Python
+    process, as `dvc repro` does: the stages' nearest ``dvc`` ancestor is this process."""
+    script = tmp_path / "stage.py"
+    script.write_text(STAGE_SCRIPT)
+    lines = ["#!/bin/sh", f'cd "{tmp_path}"']
+    lines += [
+        f'PYTHONPATH="{Path(__file__).resolve().parents[2]}" "{sys.executable}" stage.py {s} {o} || exit 1'
+        for s, o in stages
+    ]
+    dvc = tmp_path / "bin" / "dvc"
+    dvc.parent.mkdir(exist_ok=True)
+    dvc.write_text("\n".join(lines) + "\n")
+    dvc.chmod(0o755)
+    return dvc
+
+
+def test_each_dvc_execution_gets_one_parent_that_covers_its_stages(mlflow_store, tmp_path, monkeypatch):
+    """Two executions of the same configuration: two parents, each spanning its own stages, and named
+    after the DVC experiment when DVC says there is one."""
+    (tmp_path / "params.yaml").write_text("seed: 0\n")
+    dvc = _fake_dvc(tmp_path, [("prepare", "ok"), ("teacher", "ok")])
+    subprocess.run([str(dvc)], check=True, env={**os.environ, "DVC_EXP_NAME": "exp-one"})
+    subprocess.run([str(dvc)], check=True, env={k: v for k, v in os.environ.items() if k != "DVC_EXP_NAME"})
+    client, all_runs = runs(mlflow_store)
+    parents = sorted(
+        (r for r in all_runs if r.data.tags.get(tracking.STAGE_TAG) == "pipeline"),
+        key=lambda r: r.info.start_time,
+    )
+    assert [p.info.run_name for p in parents] == [
+        "exp-one",
+        f"repro-{parents[1].data.tags[tracking.COMMIT_TAG][:7]}",
+    ]
+    assert parents[0].data.tags[tracking.DVC_EXP_TAG] == "exp-one"
+    for parent in parents:
+        children = [r for r in all_runs if r.data.tags.get(tracking.PARENT_TAG) == parent.info.run_id]
+        assert sorted(c.info.run_name for c in children) == ["prepare", "teacher"]
+        assert parent.info.status == "FINISHED"
+        assert parent.info.start_time <= min(c.info.start_time for c in children)
+        assert parent.info.end_time >= max(c.info.end_time for c in children)
+        for child in children:
+            assert parent.data.tags[f"{tracking.STAGE_RUN_TAG}{child.info.run_name}"] == child.info.run_id
+        assert "**teacher**: ran in this execution" in parent.data.tags[tracking.NOTE_TAG]
+        assert parent.data.params["teacher.model.name"] == "lenet5"  # the execution's params, to compare
+
+
+def test_a_failed_stage_fails_the_parent(mlflow_store, tmp_path):
+    (tmp_path / "params.yaml").write_text("seed: 0\n")
+    dvc = _fake_dvc(tmp_path, [("prepare", "ok"), ("teacher", "fail")])
+    assert subprocess.run([str(dvc)], capture_output=True).returncode != 0
+    _, all_runs = runs(mlflow_store)
+    parent = next(r for r in all_runs if r.data.tags.get(tracking.STAGE_TAG) == "pipeline")
+    assert parent.info.status == "FAILED"
+    assert next(r for r in all_runs if r.info.run_name == "teacher").info.status == "FAILED"
+
+
+def test_a_skipped_stage_is_linked_to_the_run_that_produced_its_outputs(mlflow_store, tmp_path):
+    """The outputs carry the id of the run that wrote them; a later execution that reuses them (DVC
+    skipped their stage) links its parent to that run instead of logging the stage again."""
+    (tmp_path / "params.yaml").write_text("seed: 0\n")
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n"
+        "  teacher:\n    cmd: x\n    outs:\n      - ${paths.teacher}\n"
+        "  distill:\n    cmd: y\n    deps:\n      - ${paths.teacher}\n    outs:\n      - ${paths.student}\n"
+    )
+    for folder in ("models/teacher", "models/student"):  # the stages' outputs (the stage code writes them)
+        (tmp_path / folder).mkdir(parents=True)
+    subprocess.run([str(_fake_dvc(tmp_path, [("teacher", "ok")]))], check=True)
+    record = json.loads((tmp_path / "models/teacher" / provenance.FILE).read_text())
+    subprocess.run([str(_fake_dvc(tmp_path, [("distill", "ok")]))], check=True)
+    _, all_runs = runs(mlflow_store)
+    teacher = next(r for r in all_runs if r.info.run_name == "teacher")
+    assert record["run_id"] == teacher.info.run_id and record["stage"] == "teacher"
+    parents = sorted(
+        (r for r in all_runs if r.data.tags.get(tracking.STAGE_TAG) == "pipeline"),
+        key=lambda r: r.info.start_time,
+    )
+    assert len(parents) == 2
+    second = parents[1]
+    assert [
+        r.info.run_name for r in all_runs if r.data.tags.get(tracking.PARENT_TAG) == second.info.run_id
+    ] == ["distill"]
+    assert second.data.tags[f"{tracking.STAGE_RUN_TAG}teacher"] == teacher.info.run_id
+    assert (
+        "**teacher**: skipped by DVC (outputs unchanged), produced by [teacher]"
+        in second.data.tags[tracking.NOTE_TAG]
+    )
