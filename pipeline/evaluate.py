@@ -69,7 +69,57 @@ def _latencies(
     return out
 
 
-def _figures(curves: dict[str, list[dict[str, float]]], cm: np.ndarray, out: Path) -> dict[str, Any]:
+# the points of the models figure: label -> (accuracy key, batch-1 latency key, size in bytes key or
+# parameters key, which is turned into float32 bytes)
+MODEL_POINTS = {
+    "teacher (PyTorch)": ("teacher.accuracy", "teacher.latency_ms.torch_b1", "teacher.parameters"),
+    "teacher (ONNX)": ("teacher.onnx_accuracy", "teacher.latency_ms.onnx_b1", "teacher.onnx_bytes"),
+    "student alone (PyTorch)": (
+        "student_alone.accuracy",
+        "student.latency_ms.torch_b1",
+        "student_alone.parameters",
+    ),
+    "distilled student (PyTorch)": ("student.accuracy", "student.latency_ms.torch_b1", "student.parameters"),
+    "distilled student (ONNX)": ("student.onnx_accuracy", "student.latency_ms.onnx_b1", "student.onnx_bytes"),
+    "distilled student (INT8 ONNX)": (
+        "student_int8.onnx_accuracy",
+        "student_int8.latency_ms.onnx_b1",
+        "student_int8.onnx_bytes",
+    ),
+}
+
+
+def _models_figure(plt: Any, metrics: dict[str, float]) -> Any:
+    """Test accuracy against batch-1 latency and against size, one point per model and format (the
+    student alone has the distilled student's architecture, hence its latency)."""
+    fig, (by_latency, by_size) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for label, (acc, latency, size) in MODEL_POINTS.items():
+        if acc not in metrics or latency not in metrics or size not in metrics:
+            continue
+        nbytes = metrics[size] * 4 if size.endswith("parameters") else metrics[size]
+        marker = "s" if "teacher" in label else ("^" if "alone" in label else "o")
+        for ax, x in ((by_latency, metrics[latency]), (by_size, nbytes / 1024)):
+            ax.scatter(x, metrics[acc], marker=marker, s=60, label=label)
+            ax.annotate(label, (x, metrics[acc]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    by_latency.set_xlabel("batch-1 latency, median (ms, log scale)")
+    by_size.set_xlabel("size (KiB; PyTorch: float32 parameters, log scale)")
+    for ax in (by_latency, by_size):
+        ax.set_xscale("log")
+        ax.set_ylabel("test accuracy")
+        ax.grid(alpha=0.3)
+    fig.suptitle("every model: accuracy against latency and size")
+    fig.tight_layout()
+    return fig
+
+
+def _figures(
+    curves: dict[str, list[dict[str, float]]],
+    cms: dict[str, tuple[np.ndarray, tuple[str, ...]]],
+    metrics: dict[str, float],
+    out: Path,
+) -> dict[str, Any]:
+    """The run's figures, also saved under ``out``: validation curves, confusion matrices (title ->
+    matrix and class names) and the models figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -83,18 +133,23 @@ def _figures(curves: dict[str, list[dict[str, float]]], cm: np.ndarray, out: Pat
     ax.legend()
     ax.grid(alpha=0.3)
     fig_curves.tight_layout()
-    fig_cm, ax = plt.subplots(figsize=(6, 5))
-    ax.imshow(cm, cmap="Blues")
-    ax.set_xticks(range(NUM_CLASSES), FASHION_CLASSES, rotation=45, ha="right", fontsize=7)
-    ax.set_yticks(range(NUM_CLASSES), FASHION_CLASSES, fontsize=7)
-    for i in range(NUM_CLASSES):
-        for j in range(NUM_CLASSES):
-            ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=6)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("actual")
-    ax.set_title("distilled student, test split")
+    fig_cm, axes = plt.subplots(1, len(cms), figsize=(6 * len(cms), 5))
+    for ax, (title, (matrix, classes)) in zip(np.atleast_1d(axes), cms.items(), strict=True):
+        ax.imshow(matrix, cmap="Blues")
+        ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(len(classes)), classes, fontsize=7)
+        for i in range(len(classes)):
+            for j in range(len(classes)):
+                ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=6)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("actual")
+        ax.set_title(f"{title}, test split")
     fig_cm.tight_layout()
-    figs = {"training_curves.png": fig_curves, "confusion_matrix.png": fig_cm}
+    figs = {
+        "training_curves.png": fig_curves,
+        "confusion_matrix.png": fig_cm,
+        "models.png": _models_figure(plt, metrics),
+    }
     for name, fig in figs.items():
         fig.savefig(out / name, dpi=120)
     return figs
@@ -232,7 +287,13 @@ def _confusion_csv(path: Path, classes: tuple[str, ...], actual: np.ndarray, pre
     )
 
 
-def _plots(params: Params, tests: dict[str, Split], preds: dict[str, np.ndarray], tracker: Any) -> None:
+def _plots(
+    params: Params,
+    tests: dict[str, Split],
+    preds: dict[str, np.ndarray],
+    metrics: dict[str, float],
+    tracker: Any,
+) -> None:
     """DVC plot data (confusion CSVs) and the PNG figures, also logged to MLflow."""
     plots = Path(params.paths.plots)
     plots.mkdir(parents=True, exist_ok=True)
@@ -243,10 +304,29 @@ def _plots(params: Params, tests: dict[str, Split], preds: dict[str, np.ndarray]
         name: _read_history(layout.model_dir(params, model_name) / layout.HISTORY)
         for name, (model_name, _file) in EVALUATED.items()
     }
-    cm = confusion_matrix(source.y, preds["student"], NUM_CLASSES)
-    for file, fig in _figures(curves, cm, plots).items():
-        tracker.log_figure(fig, file)
+    cms = {
+        "distilled student": (confusion_matrix(source.y, preds["student"], NUM_CLASSES), FASHION_CLASSES),
+        "transferred student": (confusion_matrix(target.y, preds["transfer"], NUM_CLASSES), DIGIT_CLASSES),
+    }
+    for file, fig in _figures(curves, cms, metrics, plots).items():
+        tracker.log_figure(fig, file, parent=True)
     tracker.log_artifact(plots / "confusion.csv", "plots")
+
+
+def _log_to_logged_models(params: Params, metrics: dict[str, float], tracker: Any) -> None:
+    """Each exported model's accuracy (ONNX Runtime, test split), file size, batch-1 latency (where
+    measured) and parameters, logged against the MLflow logged model export made of it."""
+    parity_file = layout.onnx_file(params, "student").parent / layout.PARITY_FILE
+    logged = read_json(parity_file).get("logged_models", {}) if parity_file.is_file() else {}
+    for model_name, model_id in logged.items():
+        prefix = "transfer" if model_name == "transferred" else model_name  # the metrics prefix
+        found = {
+            "accuracy": metrics.get(f"{prefix}.onnx_accuracy"),
+            "onnx_bytes": metrics.get(f"{prefix}.onnx_bytes"),
+            "latency_ms_b1": metrics.get(f"{prefix}.latency_ms.onnx_b1"),
+            "parameters": metrics.get(f"{prefix}.parameters"),
+        }
+        tracker.log_metrics({k: v for k, v in found.items() if v is not None}, model_id=model_id)
 
 
 def _registry_decision(params: Params, metrics: dict[str, float], tracker: Any) -> str | None:
@@ -310,7 +390,8 @@ def run(ctx: StageContext) -> dict[str, float]:
         metrics["student.onnx_speedup_b1"] = (
             metrics["student.latency_ms.torch_b1"] / metrics["student.latency_ms.onnx_b1"]
         )
-        _plots(params, tests, preds, tracker)
+        _plots(params, tests, preds, metrics, tracker)
+        _log_to_logged_models(params, metrics, tracker)
         decision = _registry_decision(params, metrics, tracker)
         metrics_file = Path(params.paths.metrics)
         write_json(metrics_file, metrics)

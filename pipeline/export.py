@@ -52,11 +52,26 @@ def run(ctx: StageContext) -> dict[str, Any]:
             report[layout.INT8] = {"file": q.name, "bytes": q.stat().st_size}
             tracker.log_metrics({f"{layout.INT8}.onnx_bytes": q.stat().st_size})
             print(f"[export] {layout.INT8}: {q} ({q.stat().st_size} bytes)")
-        example = data[layout.SOURCE_FILE]["test"].x[:1].astype(np.float32) / 255.0
         name = params.mlflow.registered_model
-        version = tracking.log_onnx_model(
-            tracker, layout.onnx_file(params, "student"), "student_onnx", example, NUM_CLASSES, name
-        )
+        logged: dict[str, str] = {}
+        version = None
+        for model_name in [*layout.EXPORTED, *([layout.INT8] if params.export.int8 else [])]:
+            data_file = layout.EXPORTED.get(model_name, layout.SOURCE_FILE)
+            example = data[data_file]["test"].x[:1].astype(np.float32) / 255.0
+            registered = name if model_name == "student" else None
+            info = tracking.log_onnx_model(
+                tracker,
+                layout.onnx_file(params, model_name),
+                f"{model_name}_onnx",
+                example,
+                NUM_CLASSES,
+                registered,
+            )
+            if info is not None:
+                logged[model_name] = info.model_id
+                version = info.version if registered else version
+        if logged:  # evaluate logs each model's accuracy, size and latency against it
+            report["logged_models"] = logged
         if version:
             origin = {
                 "git_commit": tracker.base_tags.get(tracking.COMMIT_TAG, "unknown"),

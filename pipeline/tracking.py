@@ -166,14 +166,20 @@ class Tracker:
         return self.client is not None
 
     def log_metrics(
-        self, metrics: Mapping[str, float], step: int | None = None, parent: bool = False
+        self,
+        metrics: Mapping[str, float],
+        step: int | None = None,
+        parent: bool = False,
+        model_id: str | None = None,
     ) -> None:
+        """Metrics of this run (and of the parent run with ``parent``); with ``model_id``, they are also the
+        metrics of that logged model, shown on its page."""
         if not self.active:
             return
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        batch = [Metric(k, float(v), now, step or 0, model_id=model_id) for k, v in metrics.items()]
         for run_id in [self.run_id] + ([self.parent_id] if parent and self.parent_id else []):
             self.client.log_batch(run_id, metrics=batch)
 
@@ -212,9 +218,11 @@ class Tracker:
         if self.active and Path(path).exists():
             self.client.log_artifact(self.run_id, str(path), artifact_path)
 
-    def log_figure(self, figure: Any, name: str) -> None:
+    def log_figure(self, figure: Any, name: str, parent: bool = False) -> None:
+        """A matplotlib figure as an image artifact of this run (and of the parent run with ``parent``)."""
         if self.active:
-            self.client.log_figure(self.run_id, figure, name)
+            for run_id in [self.run_id] + ([self.parent_id] if parent and self.parent_id else []):
+                self.client.log_figure(run_id, figure, name)
 
     @contextlib.contextmanager
     def variant(self, name: str, tags: Mapping[str, str] | None = None) -> Iterator[Tracker]:
@@ -387,12 +395,22 @@ def stage_run(
             print(f"[{stage}] MLflow run {run.info.run_id} {status} in {tracking_uri(root)}", file=sys.stderr)
 
 
-def log_onnx_model(
-    tracker: Tracker, onnx_path: Path, name: str, example: Any, num_classes: int, registered_model: str | None
-) -> str | None:
-    """Log an ONNX model with signature and input example to the tracker's run; register it.
+@dataclass(frozen=True)
+class LoggedOnnx:
+    model_id: str  # the MLflow logged model (its page lists the metrics logged against it)
+    version: str | None  # the registered version, when registered
 
-    Returns the registered version, or None when not tracking.
+
+def log_onnx_model(
+    tracker: Tracker,
+    onnx_path: Path,
+    name: str,
+    example: Any,
+    num_classes: int,
+    registered_model: str | None = None,
+) -> LoggedOnnx | None:
+    """Log an ONNX model with signature and input example to the tracker's run, as a logged model linked
+    to that run; register it as a new version of ``registered_model`` when given. None when not tracking.
     """
     if not tracker.active:
         return None
@@ -422,4 +440,4 @@ def log_onnx_model(
             save_as_external_data=False,
             onnx_execution_providers=["CPUExecutionProvider"],
         )
-    return str(info.registered_model_version) if registered_model else None
+    return LoggedOnnx(info.model_id, str(info.registered_model_version) if registered_model else None)

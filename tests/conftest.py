@@ -44,6 +44,9 @@ def tiny_params_dict(**overrides: object) -> dict:
     p["evaluate"]["latency_warmup"] = 2
     p["evaluate"]["latency_repeats"] = 10
     p["runtime"]["progress"] = False
+    # no latency bound on the champion: a loaded test machine must not decide which version is champion
+    # (the bound itself is tested in tests/unit/test_model_registry.py)
+    p["mlflow"]["champion_max_latency_ms"] = None
     for dotted, value in overrides.items():
         node = p
         *head, last = dotted.split(".")

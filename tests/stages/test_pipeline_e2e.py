@@ -157,6 +157,22 @@ def test_mlflow_has_one_run_per_stage_grouped_and_tagged(repro):
     assert float(champion.tags["accuracy"]) == pytest.approx(metrics["student.onnx_accuracy"], abs=1e-4)
     assert int(champion.tags["onnx_bytes"]) == metrics["student.onnx_bytes"]
     assert champion.tags["git_commit"] == commit and "distilled from teacher" in champion.description
+    # every exported ONNX model is a logged model of the export run, with what evaluate measured on it
+    logged = {m.name: m for m in client.search_logged_models(experiment_ids=[exp.experiment_id])}
+    expected = {f"{n}_onnx" for n in ("teacher", "student", "student_alone", "transferred", "student_int8")}
+    assert expected <= set(logged)
+    for name in expected:
+        model = logged[name]
+        assert model.source_run_id == stage_runs["export"].info.run_id
+        measured = {m.key: m.value for m in model.metrics or []}
+        assert {"accuracy", "onnx_bytes"} <= set(measured), name
+    student_metrics = {m.key: m.value for m in logged["student_onnx"].metrics}
+    assert student_metrics["accuracy"] == pytest.approx(metrics["student.onnx_accuracy"])
+    assert student_metrics["latency_ms_b1"] == pytest.approx(metrics["student.latency_ms.onnx_b1"])
+    # the execution's report figures are on the parent run and under reports/plots
+    on_parent = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    for figure in ("models.png", "training_curves.png", "confusion_matrix.png"):
+        assert figure in on_parent and (repo / "reports/plots" / figure).is_file(), figure
     decision = stage_runs["evaluate"].data.tags["distillops.registry_decision"]
     assert decision.endswith("is the new champion: there was no champion yet")
 
