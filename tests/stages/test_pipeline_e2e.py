@@ -3,6 +3,7 @@ the repository, with the default MLflow store (SQLite at the copy's root)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -196,6 +197,78 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextlib.contextmanager
+def _server(cmd: list[str], ready_url: str, cwd: Path, env: dict):
+    """A real server process, up once ``ready_url`` answers 200 (at most 180 s), stopped afterwards."""
+    import urllib.request
+
+    server = subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(ready_url, timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert server.poll() is None, server.stdout.read()
+            assert time.time() < deadline, f"{cmd[0:3]} did not answer {ready_url} in 180 s"
+            time.sleep(1)
+        yield server
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_tracking_server_rest_api_shows_the_story(repro, pipeline_env):
+    """The facts the MLflow UI shows, read through the REST API of a live `mlflow server` on 127.0.0.1
+    over the pipeline's store: one parent with a child per stage, the models' params side by side, and
+    the registered student's aliases and tags."""
+    import urllib.parse
+    import urllib.request
+
+    repo, _ = repro
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}/api/2.0/mlflow"
+    cmd = ["mlflow", "server", "--backend-store-uri", f"sqlite:///{repo / 'mlflow.db'}"]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+
+    def get(path: str, **query: str) -> dict:
+        with urllib.request.urlopen(f"{base}/{path}?{urllib.parse.urlencode(query)}", timeout=30) as r:
+            return json.loads(r.read())
+
+    def search(filter_string: str) -> list[dict]:
+        body = json.dumps({"experiment_ids": [exp_id], "filter": filter_string, "max_results": 500}).encode()
+        request = urllib.request.Request(f"{base}/runs/search", body, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as r:
+            return json.loads(r.read()).get("runs", [])
+
+    with _server(cmd, f"http://127.0.0.1:{port}/health", repo, pipeline_env):
+        exp_id = get("experiments/get-by-name", experiment_name="distillops")["experiment"]["experiment_id"]
+        parents = search("tags.`distillops.stage` = 'pipeline'")
+        first = min(parents, key=lambda r: int(r["info"]["start_time"]))
+        assert first["info"]["status"] == "FINISHED" and first["info"]["run_name"].startswith("repro-")
+        children = search(f"tags.`mlflow.parentRunId` = '{first['info']['run_id']}'")
+        assert sorted(c["info"]["run_name"] for c in children) == sorted(STAGES)
+        students = search("tags.`distillops.variant` != ''")
+        params = {
+            r["info"]["run_name"]: {p["key"]: p["value"] for p in r["data"]["params"]} for r in students
+        }
+        assert {"student", "student_alone", "transferred", "scratch"} <= set(params)
+        for name in ("student", "student_alone", "transferred", "scratch"):
+            assert {"model", "losses", "epochs", "lr", "init"} <= set(params[name]), name
+        assert params["student"]["losses"] != params["student_alone"]["losses"]  # the compare view differs
+        champion = get("registered-models/alias", name="distillops-student", alias="champion")[
+            "model_version"
+        ]
+        assert "champion" in champion["aliases"] and champion.get("description")
+        tags = {t["key"]: t["value"] for t in champion["tags"]}
+        assert {"accuracy", "onnx_bytes", "latency_ms_onnx_b1", "git_commit", "dvc_experiment"} <= set(tags)
+
+
 def test_served_champion_answers_what_predict_answers(repro, pipeline_env, tmp_path):
     """A real `mlflow models serve` of the champion on 127.0.0.1, asked about real test images saved as
     PNG files: its probabilities are `distillops predict`'s on the same files and the same model file."""
@@ -212,8 +285,9 @@ def test_served_champion_answers_what_predict_answers(repro, pipeline_env, tmp_p
     for i, img in enumerate(np.load(repo / "data/prepared/source.npz")["x_test"][:8]):
         Image.fromarray(img[0]).resize((56, 56)).save(tmp_path / f"test{i}.png")
         files.append(str(tmp_path / f"test{i}.png"))
+    mlflow.set_tracking_uri(uri)  # the registry too: a models:/ URI resolves through the registry URI
     model_dir = mlflow.artifacts.download_artifacts(
-        "models:/distillops-student@champion", dst_path=str(tmp_path / "champion"), tracking_uri=uri
+        "models:/distillops-student@champion", dst_path=str(tmp_path / "champion")
     )
     onnx_file = next(Path(model_dir).glob("*.onnx"))
     out = sh(["distillops", "predict", str(onnx_file), *files, "--top", "10", "--json"], repo, pipeline_env)
@@ -224,48 +298,23 @@ def test_served_champion_answers_what_predict_answers(repro, pipeline_env, tmp_p
             by_predict[i, p["class"]] = p["probability"]
 
     port = _free_port()
+    serve = [
+        "mlflow",
+        "models",
+        "serve",
+        "-m",
+        "models:/distillops-student@champion",
+        "--env-manager",
+        "local",
+    ]
     env = {**pipeline_env, "MLFLOW_TRACKING_URI": uri}
-    server = subprocess.Popen(
-        [
-            "mlflow",
-            "models",
-            "serve",
-            "-m",
-            "models:/distillops-student@champion",
-            "--env-manager",
-            "local",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-        ],
-        cwd=repo,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert server.poll() is None, server.stdout.read()
-            assert time.time() < deadline, "mlflow models serve did not answer /ping in 180 s"
-            time.sleep(1)
+    with _server([*serve, "-h", "127.0.0.1", "-p", str(port)], f"http://127.0.0.1:{port}/ping", repo, env):
         body = json.dumps({"inputs": {"pixels": predict.load_images(files).tolist()}}).encode()
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": "application/json"}
         )
         with urllib.request.urlopen(request, timeout=60) as r:
             answer = json.loads(r.read())
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     served = np.asarray(answer["predictions"]["probabilities"])
     assert served.shape == (len(files), 10) and np.allclose(served.sum(1), 1, atol=1e-5)
     assert (served.argmax(1) == by_predict.argmax(1)).all()
@@ -485,3 +534,48 @@ def test_transfer_then_distil_through_dvc_exp_run_reruns_from_the_transfer_stage
     )
     evaluate = client.search_runs([exp.experiment_id], "tags.`distillops.stage` = 'evaluate'")[0]
     assert "transfer.accuracy" in evaluate.data.metrics
+
+
+def test_a_queued_sweep_shows_in_dvc_exp_show_and_in_mlflow(repro, pipeline_env):
+    """`dvc exp run --queue -S ...` twice, `dvc queue start` with one worker against the default SQLite
+    store: both experiments in `dvc exp show`, each with its own parent run in MLflow named after it."""
+    from mlflow.tracking import MlflowClient
+
+    repo, _ = repro
+    for t in (2, 4):
+        losses = f"distill.losses=[{{name: kd, weight: 0.5, temperature: {t}}}, {{name: ce, weight: 0.5}}]"
+        sh(["dvc", "exp", "run", "--queue", "-n", f"kd-t{t}", "-S", losses], repo, pipeline_env)
+    sh(["dvc", "queue", "start", "-j", "1"], repo, pipeline_env)
+    try:
+        deadline = time.time() + 600
+        while True:
+            status = sh(["dvc", "queue", "status"], repo, pipeline_env).stdout
+            if not any(line.rstrip().endswith(("Queued", "Running")) for line in status.splitlines()):
+                break
+            assert time.time() < deadline, status
+            time.sleep(5)
+    finally:
+        sh(["dvc", "queue", "stop"], repo, pipeline_env, check=False)
+    assert "Failed" not in status, status
+    table = sh(["dvc", "exp", "show", "--csv"], repo, pipeline_env).stdout.splitlines()
+    header = table[0].split(",")
+    rows = {line.split(",")[header.index("Experiment")]: line.split(",") for line in table[1:]}
+    assert {"kd-t2", "kd-t4"} <= set(rows)
+    for name in ("kd-t2", "kd-t4"):
+        assert 0 <= float(rows[name][header.index("student.accuracy")]) <= 1
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("distillops")
+    for t in (2, 4):
+        parent = client.search_runs(
+            [exp.experiment_id], f"tags.`distillops.stage` = 'pipeline' and attributes.run_name = 'kd-t{t}'"
+        )[0]
+        assert (
+            parent.info.status == "FINISHED" and parent.data.tags["distillops.dvc_experiment"] == f"kd-t{t}"
+        )
+        assert float(parent.data.params["distill.losses.0.temperature"]) == t
+        evaluate = client.search_runs(
+            [exp.experiment_id],
+            f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and tags.`distillops.stage` = 'evaluate'",
+        )[0]
+        print(f"kd-t{t}:", evaluate.data.tags["distillops.registry_decision"])
+    assert client.get_model_version_by_alias("distillops-student", "champion").version
