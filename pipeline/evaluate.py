@@ -99,16 +99,21 @@ def _models_figure(plt: Any, metrics: dict[str, float]) -> Any:
         nbytes = metrics[size] * 4 if size.endswith("parameters") else metrics[size]
         marker = "s" if "teacher" in label else ("^" if "alone" in label else "o")
         for ax, x in ((by_latency, metrics[latency]), (by_size, nbytes / 1024)):
-            ax.scatter(x, metrics[acc], marker=marker, s=60, label=label)
-            ax.annotate(label, (x, metrics[acc]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+            ax.scatter(x, metrics[acc], marker=marker, s=60, label=label, alpha=0.8)
     by_latency.set_xlabel("batch-1 latency, median (ms, log scale)")
     by_size.set_xlabel("size (KiB; PyTorch: float32 parameters, log scale)")
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
     for ax in (by_latency, by_size):
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_ylabel("test accuracy")
         ax.grid(alpha=0.3)
     fig.suptitle("every model: accuracy against latency and size")
-    fig.tight_layout()
+    handles, labels = by_latency.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     return fig
 
 

@@ -94,6 +94,17 @@ def test_dvc_lists_the_metrics(repro, pipeline_env):
     assert "teacher.accuracy" in text and "transfer.scratch_accuracy" in text
 
 
+def test_dvc_renders_the_plots(repro, pipeline_env, tmp_path):
+    """`dvc plots show`: the validation curves and both confusion matrices, from the pipeline's files."""
+    repo, _ = repro
+    sh(["dvc", "plots", "show", "-o", str(tmp_path / "plots"), "--json"], repo, pipeline_env)
+    shown = json.loads(sh(["dvc", "plots", "show", "--json", "--split"], repo, pipeline_env).stdout)
+    names = set(shown["data"] if "data" in shown else shown)
+    assert any("confusion.csv" in n for n in names) and any("transfer_confusion.csv" in n for n in names)
+    assert any("validation_accuracy" in n for n in names)
+    assert (tmp_path / "plots" / "index.html").is_file()
+
+
 def test_mlflow_has_one_run_per_stage_grouped_and_tagged(repro):
     from mlflow.tracking import MlflowClient
 
