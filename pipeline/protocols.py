@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+import numpy as np
 import torch
 
 
@@ -40,6 +41,22 @@ class LossInputs:
             {k: v[idx] for k, v in self.student_features.items()},
             {k: v[idx] for k, v in self.teacher_features.items()},
         )
+
+
+@dataclass(frozen=True)
+class ImageDataset:
+    """What a ``distillops.datasets`` factory returns.
+
+    ``splits`` maps a split name to ``(images, labels)``: images uint8 ``[N, C, H, W]``, labels int64
+    ``[N]`` in ``0..len(classes)-1``. A dataset that comes with its own test set provides ``train`` and
+    ``test``; one that does not provides ``train`` only, and the pipeline holds a test split out of it
+    (by the seed). ``classes`` are the class names, in label order. ``info`` says where the data came
+    from (files, checksums, how many images were converted); it goes to ``summary.json``.
+    """
+
+    splits: Mapping[str, tuple[np.ndarray, np.ndarray]]
+    classes: tuple[str, ...]
+    info: Mapping[str, object] = field(default_factory=dict)
 
 
 @runtime_checkable

@@ -30,6 +30,7 @@ GROUPS = {
     "augmenters": "distillops.augmenters",
     "losses": "distillops.losses",
     "models": "distillops.models",
+    "datasets": "distillops.datasets",
 }
 
 
@@ -37,7 +38,7 @@ GROUPS = {
 class PluginInfo:
     """What entry-point metadata says about one plugin, without importing it."""
 
-    group: str  # short group name: augmenters, losses or models
+    group: str  # short group name: augmenters, losses, models or datasets
     name: str
     value: str  # "module:attr"
     distribution: str

@@ -23,6 +23,7 @@ from pipeline.registry import MODEL_ARGS, PluginInfo, check_kwargs, get
 # the params keys that select plugins, by group
 MODEL_KEYS = ("teacher.model", "student.model")
 LOSS_KEYS = ("teacher.losses", "distill.losses", "distill.baseline_losses", "transfer.losses")
+DATASET_KEYS = ("data.dataset", "target.dataset")
 AUGMENT_KEY = "augment.ops"
 
 
@@ -120,6 +121,8 @@ class Selections:
             by_key[key] = [
                 Selected.resolve(f"{key}[{i}]", "losses", s) for i, s in enumerate(_at(params, key))
             ]
+        for key in DATASET_KEYS:
+            by_key[key] = [Selected.resolve(key, "datasets", _at(params, key))]
         return cls(by_key)
 
     def check(self, num_classes: int, in_channels: int) -> None:
@@ -129,7 +132,7 @@ class Selections:
             for sel in selected:
                 if sel.group == "models":
                     sel.build_model(num_classes, in_channels)
-                else:
+                elif sel.group != "datasets":  # loading data is prepare's work; its keywords are checked
                     sel.build(key)
 
     def augmenters(self) -> list[Selected]:
@@ -139,6 +142,9 @@ class Selections:
         return list(self._by_key[key])
 
     def model(self, key: str) -> Selected:
+        return self._by_key[key][0]
+
+    def dataset(self, key: str) -> Selected:
         return self._by_key[key][0]
 
 

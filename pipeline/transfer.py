@@ -235,7 +235,7 @@ def target_training(params: Params, plugins: Selections, splits: dict[str, Split
         train_split="finetune",
         # another dataset than the one the offline copies were made from: always online
         augmentation=Augmentation.for_stage(params, plugins.augmenters(), cfg.augment, "transfer", None),
-        dataset=(params.target.dataset, layout.prepared(params, layout.TARGET_FILE)),
+        dataset=(params.target.dataset.name, layout.prepared(params, layout.TARGET_FILE)),
     )
 
 

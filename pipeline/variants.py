@@ -132,7 +132,7 @@ class StageTraining:
             splits,
             augmentation=augmentation,
             warm_start=warm_start,
-            dataset=(params.data.dataset, layout.prepared(params, layout.SOURCE_FILE)),
+            dataset=(params.data.dataset.name, layout.prepared(params, layout.SOURCE_FILE)),
         )
 
     def without_classes(self, classes: Sequence[int]) -> int:

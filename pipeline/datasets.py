@@ -1,0 +1,93 @@
+"""Loading a selected dataset plugin (``data.dataset``, ``target.dataset``) and checking what it returned.
+
+The plugin's factory returns a :class:`pipeline.protocols.ImageDataset`; everything it says is checked
+here, so that bad data fails in ``prepare`` with a message naming the params key and what is wrong,
+never later in training.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline import data
+from pipeline.errors import DataError, DistillopsError, PluginError
+from pipeline.protocols import ImageDataset
+from pipeline.selection import Selected
+
+
+def load(selected: Selected) -> ImageDataset:
+    """Call the dataset factory and check its result (dtypes, shapes, labels, classes per split)."""
+    where = f"{selected.key}: datasets plugin '{selected.info.name}' ({selected.info.provenance})"
+    try:
+        found = selected.factory(**dict(selected.spec.kwargs))
+    except DistillopsError as exc:
+        raise DataError(f"{selected.key}: {exc}") from exc
+    except Exception as exc:
+        raise PluginError(
+            f"{where} rejected {selected.spec.describe()}: {type(exc).__name__}: {exc}"
+        ) from exc
+    if not isinstance(found, ImageDataset):
+        raise PluginError(
+            f"{where} returned a {type(found).__name__}; a dataset factory returns "
+            f"pipeline.protocols.ImageDataset(splits, classes, info)"
+        )
+    check(found, selected.key)
+    return found
+
+
+def check(dataset: ImageDataset, key: str) -> None:
+    classes = tuple(dataset.classes)
+    if len(classes) < 2:
+        raise DataError(
+            f"{key}: the dataset has {len(classes)} class(es) {list(classes)}; at least two are needed"
+        )
+    if "train" not in dataset.splits:
+        raise DataError(f"{key}: the dataset has no 'train' split (it has {sorted(dataset.splits)})")
+    shape = None
+    for name, (x, y) in dataset.splits.items():
+        if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 4:
+            raise DataError(
+                f"{key}: split '{name}': images must be a uint8 array [N, C, H, W], got "
+                f"{getattr(x, 'dtype', type(x).__name__)} of shape {getattr(x, 'shape', '?')}"
+            )
+        if shape is not None and x.shape[1:] != shape:
+            raise DataError(f"{key}: split '{name}' has images of {x.shape[1:]}, the others {shape}")
+        shape = x.shape[1:]
+        y = np.asarray(y)
+        if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
+            raise DataError(
+                f"{key}: split '{name}': {len(x)} images need {len(x)} integer labels, got {y.shape}"
+            )
+        if len(y) and (y.min() < 0 or y.max() >= len(classes)):
+            raise DataError(
+                f"{key}: split '{name}': labels must be in 0..{len(classes) - 1} (one per class name), "
+                f"found {int(y.min())}..{int(y.max())}"
+            )
+        present = np.bincount(y, minlength=len(classes)) > 0
+        if not present.all():
+            missing = [classes[i] for i in np.flatnonzero(~present)]
+            raise DataError(
+                f"{key}: split '{name}' has no image of class(es) {missing}; every class needs images in "
+                f"every split"
+            )
+    if shape[0] not in (1, 3):
+        raise DataError(f"{key}: images have {shape[0]} channels; 1 (grey) or 3 (RGB) are supported")
+
+
+def supported_by_models(dataset: ImageDataset, key: str) -> None:
+    """The models, the export and the predict command still assume 10 classes of 1x28x28 images: fail
+    early, saying what to set, when a dataset differs."""
+    shape = next(iter(dataset.splits.values()))[0].shape[1:]
+    wanted = (data.IN_CHANNELS, *data.IMAGE_SHAPE)
+    if shape != wanted or len(dataset.classes) != data.NUM_CLASSES:
+        raise DataError(
+            f"{key}: the dataset has {len(dataset.classes)} classes of {shape[0]}x{shape[1]}x{shape[2]} images; "
+            f"this version of the pipeline trains on {data.NUM_CLASSES} classes of "
+            f"{wanted[0]}x{wanted[1]}x{wanted[2]} (grey 28x28). For an image folder set image_size: 28 and "
+            f"channels: 1; other class counts and sizes are not supported yet"
+        )
+
+
+def as_split(dataset: ImageDataset, name: str) -> data.Split:
+    x, y = dataset.splits[name]
+    return data.Split(x, np.asarray(y, dtype=np.int64))
