@@ -195,8 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--metric", action="append", help="a metrics.json key (repeatable; default: the main ones)"
     )
     report.add_argument(
-        "--experiment", help="MLflow experiment (default: MLFLOW_EXPERIMENT_NAME or params.yaml)"
+        "--experiment",
+        help="MLflow experiment, or several comma-separated (default: MLFLOW_EXPERIMENT_NAME or params.yaml)",
     )
+    report.add_argument("--since", help="only runs started at or after this local time: 'YYYY-MM-DD HH:MM'")
     report.add_argument(
         "--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI or the repo's SQLite)"
     )

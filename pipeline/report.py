@@ -237,21 +237,29 @@ def log_report(tracking_uri: str, experiment: str, files: Sequence[Path], runs: 
     return run.info.run_id
 
 
-def finished_evaluate_runs(tracking_uri: str, experiment: str) -> list[Any]:
+def finished_evaluate_runs(tracking_uri: str, experiment: str, since: str | None = None) -> list[Any]:
+    """The finished evaluate runs of ``experiment`` (several: comma-separated names), started at or
+    after ``since`` (``YYYY-MM-DD HH:MM``, local time) when given."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        raise DistillopsError(
-            f"no MLflow experiment '{experiment}' in {tracking_uri}; run the pipeline first "
-            f"(dvc repro) or pass --experiment / --tracking-uri"
-        )
-    return client.search_runs(
-        [exp.experiment_id],
-        filter_string="tags.`distillops.stage` = 'evaluate' and attributes.status = 'FINISHED'",
-        max_results=5000,
-    )
+    ids = []
+    for name in experiment.split(","):
+        exp = client.get_experiment_by_name(name.strip())
+        if exp is None:
+            raise DistillopsError(
+                f"no MLflow experiment '{name.strip()}' in {tracking_uri}; run the pipeline first "
+                f"(dvc repro) or pass --experiment / --tracking-uri"
+            )
+        ids.append(exp.experiment_id)
+    query = "tags.`distillops.stage` = 'evaluate' and attributes.status = 'FINISHED'"
+    if since:
+        try:
+            start = time.mktime(time.strptime(since, "%Y-%m-%d %H:%M"))
+        except ValueError:
+            raise DistillopsError(f"--since {since!r}: expected YYYY-MM-DD HH:MM") from None
+        query += f" and attributes.start_time >= {int(start * 1000)}"
+    return client.search_runs(ids, filter_string=query, max_results=5000)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -267,7 +275,7 @@ def main(args: argparse.Namespace) -> int:
         default_experiment = "distillops"
     experiment = args.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or default_experiment
     metrics = args.metric or list(DEFAULT_METRICS)
-    runs = finished_evaluate_runs(uri, experiment)
+    runs = finished_evaluate_runs(uri, experiment, args.since)
     if not runs:
         raise DistillopsError(f"experiment '{experiment}' in {uri} has no finished evaluate run yet")
     varying, groups = group_runs(runs, metrics)
@@ -285,6 +293,6 @@ def main(args: argparse.Namespace) -> int:
     )
     print(f"\nwrote {md} and {png}")
     if not args.no_log:
-        run_id = log_report(uri, experiment, [md, png], len(runs))
+        run_id = log_report(uri, experiment.split(",")[0].strip(), [md, png], len(runs))
         print(f"logged to MLflow run {run_id} (experiment '{experiment}', artifacts under report/)")
     return 0

@@ -9,8 +9,8 @@ import sys
 from mlflow.tracking import MlflowClient
 
 
-def evaluate_run(client, exp_id, seed, loss, acc, status="FINISHED"):
-    run = client.create_run(exp_id, tags={"distillops.stage": "evaluate"})
+def evaluate_run(client, exp_id, seed, loss, acc, status="FINISHED", start_time=None):
+    run = client.create_run(exp_id, start_time=start_time, tags={"distillops.stage": "evaluate"})
     for key, value in {
         "seed": seed,
         "distill.losses.0.name": loss,
@@ -85,3 +85,22 @@ def test_each_metric_is_shown_in_its_own_unit():
     assert cell("distill.gap_closed", [0.25, 0.21]) == "+23 +- 3 %"
     assert cell("student.accuracy", [0.9117, 0.9107]) == "0.9112 +- 0.0007"
     assert cell("student.accuracy", []) == "-"
+
+
+def test_report_reads_several_experiments_and_only_runs_since_a_time(tmp_path):
+    """Seeds of one configuration logged to two experiments count together; --since drops older runs."""
+    import time
+
+    from pipeline.report import finished_evaluate_runs
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    first, second = client.create_experiment("a"), client.create_experiment("b")
+    now = time.time()
+    since = time.strftime("%Y-%m-%d %H:%M", time.localtime(now - 3600))
+    evaluate_run(client, first, 0, "kd", 0.90, start_time=int((now - 7200) * 1000))  # two hours ago
+    evaluate_run(client, first, 1, "kd", 0.91)
+    evaluate_run(client, second, 2, "kd", 0.92)
+    assert len(finished_evaluate_runs(uri, "a,b")) == 3
+    runs = finished_evaluate_runs(uri, "a, b", since)
+    assert sorted(r.data.params["seed"] for r in runs) == ["1", "2"]
