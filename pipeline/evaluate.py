@@ -353,7 +353,8 @@ def _registry_decision(params: Params, metrics: dict[str, float], tracker: Any) 
         f"{params.distill.epochs} epochs, seed {params.seed}. ONNX Runtime: test accuracy "
         f"{measured['accuracy']:.4f}, {int(measured['onnx_bytes']):,} bytes, batch-1 latency "
         f"{measured['latency_ms']:.4f} ms. Teacher {metrics['teacher.accuracy']:.4f}, student alone "
-        f"{metrics['student_alone.accuracy']:.4f}. Input: float32 [batch, 1, 28, 28] in [0, 1]; output: logits."
+        f"{metrics['student_alone.accuracy']:.4f}. Input: float32 [batch, 1, 28, 28] in [0, 1]; outputs: logits "
+        "and probabilities."
     )
     try:
         decision = model_registry.evaluate_candidate(
