@@ -19,7 +19,7 @@ from torch import nn
 
 from pipeline import layout, model_registry, report, runner, tracking
 from pipeline.atomic import read_json, write_json, write_text
-from pipeline.data import DIGIT_CLASSES, FASHION_CLASSES, NUM_CLASSES, Split, load_splits
+from pipeline.data import Split, load_splits
 from pipeline.modelio import count_parameters, load_model
 from pipeline.onnx_model import INPUT_NAME, OUTPUT_NAME, onnx_predict, ort_session
 from pipeline.params import Params
@@ -303,15 +303,23 @@ def _plots(
     plots = Path(params.paths.plots)
     plots.mkdir(parents=True, exist_ok=True)
     source, target = tests[layout.SOURCE_FILE], tests[layout.TARGET_FILE]
-    _confusion_csv(plots / "confusion.csv", FASHION_CLASSES, source.y, preds["student"])
-    _confusion_csv(plots / "transfer_confusion.csv", DIGIT_CLASSES, target.y, preds["transfer"])
+    summary = read_json(layout.prepared(params, layout.SUMMARY_FILE))  # the class names of each task
+    source_classes, target_classes = tuple(summary["source"]["classes"]), tuple(summary["target"]["classes"])
+    _confusion_csv(plots / "confusion.csv", source_classes, source.y, preds["student"])
+    _confusion_csv(plots / "transfer_confusion.csv", target_classes, target.y, preds["transfer"])
     curves = {
         name: _read_history(layout.model_dir(params, model_name) / layout.HISTORY)
         for name, (model_name, _file) in EVALUATED.items()
     }
     cms = {
-        "distilled student": (confusion_matrix(source.y, preds["student"], NUM_CLASSES), FASHION_CLASSES),
-        "transferred student": (confusion_matrix(target.y, preds["transfer"], NUM_CLASSES), DIGIT_CLASSES),
+        "distilled student": (
+            confusion_matrix(source.y, preds["student"], len(source_classes)),
+            source_classes,
+        ),
+        "transferred student": (
+            confusion_matrix(target.y, preds["transfer"], len(target_classes)),
+            target_classes,
+        ),
     }
     for file, fig in _figures(curves, cms, metrics, plots).items():
         tracker.log_figure(fig, file, parent=True)

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from pipeline import layout, model_registry, runner, tracking
-from pipeline.atomic import write_json
+from pipeline.atomic import read_json, write_json
 from pipeline.data import NUM_CLASSES, Split, load_splits
 from pipeline.modelio import load_model
-from pipeline.onnx_model import check_parity, export_onnx, quantize_int8
+from pipeline.onnx_model import check_parity, export_onnx, finish, quantize_int8
 from pipeline.runner import StageContext
 
 
@@ -30,12 +30,14 @@ def run(ctx: StageContext) -> dict[str, Any]:
     params = ctx.params
     data = {f: load_splits(layout.prepared(params, f)) for f in (layout.SOURCE_FILE, layout.TARGET_FILE)}
     report: dict[str, Any] = {}
+    summary = read_json(layout.prepared(params, layout.SUMMARY_FILE))  # the class names of each task
     with tracking.stage_run("export", params, ctx.params_file) as tracker:
         for name, data_file in layout.EXPORTED.items():
             model, _meta = load_model(layout.model_dir(params, name), "cpu")
             test: Split = data[data_file]["test"]
             example = torch.from_numpy(test.x[:2].astype(np.float32) / 255.0)
-            path = export_onnx(model, layout.onnx_file(params, name), example, params.export.opset)
+            classes = summary["source" if data_file == layout.SOURCE_FILE else "target"]["classes"]
+            path = export_onnx(model, layout.onnx_file(params, name), example, params.export.opset, classes)
             parity = check_parity(model, path, test.x, params.export.parity_batches, params.export.atol)
             report[name] = {"file": path.name, "bytes": path.stat().st_size, "parity": parity}
             worst = max(v["max_abs_diff"] for v in parity.values())
@@ -49,6 +51,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             q = quantize_int8(
                 layout.onnx_file(params, "student"), layout.onnx_file(params, layout.INT8), calib
             )
+            finish(q, summary["source"]["classes"])  # quantisation drops the metadata
             report[layout.INT8] = {"file": q.name, "bytes": q.stat().st_size}
             tracker.log_metrics({f"{layout.INT8}.onnx_bytes": q.stat().st_size})
             print(f"[export] {layout.INT8}: {q} ({q.stat().st_size} bytes)")

@@ -8,6 +8,7 @@ their softmax, ``probabilities`` (what a served model answers with).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,14 @@ OUTPUT_NAME = "logits"
 PROBABILITIES = "probabilities"
 
 
-def export_onnx(model: nn.Module, path: Path, example: torch.Tensor, opset: int) -> Path:
-    """Export with a dynamic batch axis; written atomically."""
+CLASSES_KEY = "distillops.classes"  # ONNX metadata: the class names, JSON, in output order
+
+
+def export_onnx(
+    model: nn.Module, path: Path, example: torch.Tensor, opset: int, classes: Sequence[str] | None = None
+) -> Path:
+    """Export with a dynamic batch axis and a ``probabilities`` output, with the class names (when given)
+    in the model's metadata; written atomically."""
     try:
         import onnxscript  # noqa: F401  (the dynamo exporter needs it)
     except ImportError:
@@ -44,24 +51,27 @@ def export_onnx(model: nn.Module, path: Path, example: torch.Tensor, opset: int)
     if program is None:
         raise DistillopsError(f"torch.onnx.export returned nothing for {path.name}")
     write_with(path, lambda tmp: program.save(str(tmp)))
-    return with_probabilities(path)
+    return finish(path, classes)
 
 
-def with_probabilities(path: Path) -> Path:
-    """Add a second output, ``probabilities`` (softmax of ``logits`` over the classes), in place."""
+def finish(path: Path, classes: Sequence[str] | None = None) -> Path:
+    """In place: add a second output, ``probabilities`` (softmax of ``logits`` over the classes), and
+    the class names as metadata (``distillops.classes``), which ``distillops predict`` reads."""
     import copy
+    import json
 
     import onnx
 
     model = onnx.load(str(path))
     graph = model.graph
-    if any(o.name == PROBABILITIES for o in graph.output):
-        return path
-    logits = next(o for o in graph.output if o.name == OUTPUT_NAME)
-    graph.node.append(onnx.helper.make_node("Softmax", [OUTPUT_NAME], [PROBABILITIES], axis=-1))
-    out = copy.deepcopy(logits)
-    out.name = PROBABILITIES
-    graph.output.append(out)
+    if not any(o.name == PROBABILITIES for o in graph.output):
+        logits = next(o for o in graph.output if o.name == OUTPUT_NAME)
+        graph.node.append(onnx.helper.make_node("Softmax", [OUTPUT_NAME], [PROBABILITIES], axis=-1))
+        out = copy.deepcopy(logits)
+        out.name = PROBABILITIES
+        graph.output.append(out)
+    if classes is not None:
+        onnx.helper.set_model_props(model, {CLASSES_KEY: json.dumps(list(classes))})
     onnx.checker.check_model(model)
     write_with(path, lambda tmp: onnx.save(model, str(tmp)))
     return path

@@ -3,9 +3,11 @@
     distillops predict models/onnx/student.onnx shoe.png images.npy [--top 3] [--json]
     python -m pipeline.predict ...          (the same, where distillops is not installed)
 
-``images.npy``: uint8 ``[N, 28, 28]`` or ``[N, 1, 28, 28]`` (0-255), or float32 in [0, 1]. PNG/JPEG
-files work too when Pillow is installed. This module imports nothing else from distillops, so it can be
-copied next to the ONNX file and run wherever onnxruntime is installed.
+The input size and the class names come from the model file (its input shape and its
+``distillops.classes`` metadata). Image files (PNG, JPEG, ... of any size and mode; Pillow) are converted
+to the model's channels and size; ``.npy`` arrays must have its shape (uint8 0-255 or float32 in [0, 1];
+``[N, H, W]`` for grey). This module imports nothing else from distillops (numpy, onnxruntime, Pillow
+only), so it can be copied next to the ONNX file.
 """
 
 from __future__ import annotations
@@ -17,23 +19,47 @@ from pathlib import Path
 
 import numpy as np
 
-FASHION_CLASSES = (
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-)
+CLASSES_KEY = "distillops.classes"  # the class names in the model's metadata (pipeline.onnx_model)
 
 
-def load_images(paths: list[str], with_sources: bool = False) -> np.ndarray | tuple[np.ndarray, list[str]]:
-    """The images of ``paths`` as float32 ``[N, 1, 28, 28]`` in [0, 1]; with ``with_sources``, also a
-    name per image (the file, and ``file[i]`` for the rows of an array)."""
+class Model:
+    """An exported model: its ONNX Runtime session, input shape ``(C, H, W)`` and class names (from the
+    model's metadata; the class numbers when it has none)."""
+
+    def __init__(self, path: str) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise SystemExit("error: predicting needs onnxruntime: pip install onnxruntime") from None
+        if not Path(path).is_file():
+            raise SystemExit(f"error: {path} does not exist")
+        self.session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        shape = self.session.get_inputs()[0].shape  # [batch, C, H, W]
+        if len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:]):
+            raise SystemExit(
+                f"error: {path}: expected an image model with input [batch, C, H, W], got {shape}"
+            )
+        self.shape: tuple[int, int, int] = tuple(shape[1:])
+        names = self.session.get_modelmeta().custom_metadata_map.get(CLASSES_KEY)
+        self.classes: tuple[str, ...] | None = tuple(json.loads(names)) if names else None
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """Class probabilities: the model's ``probabilities`` output, or the softmax of its first output."""
+        name = self.session.get_inputs()[0].name
+        outputs = [o.name for o in self.session.get_outputs()]
+        if "probabilities" in outputs:
+            return self.session.run(["probabilities"], {name: images})[0]
+        return softmax(self.session.run([outputs[0]], {name: images})[0])
+
+
+def load_images(
+    paths: list[str], shape: tuple[int, int, int] = (1, 28, 28), with_sources: bool = False
+) -> np.ndarray | tuple[np.ndarray, list[str]]:
+    """The images of ``paths`` as float32 ``[N, C, H, W]`` in [0, 1] for a model whose input is
+    ``shape``: image files of any size and mode are converted (grey or RGB) and resized; ``.npy`` arrays
+    must already have the shape (``[N, H, W]`` for one channel). With ``with_sources``, also a name per
+    image (the file, and ``file[i]`` for the rows of an array)."""
+    channels, height, width = shape
     arrays = []
     for p in paths:
         path = Path(p)
@@ -41,6 +67,10 @@ def load_images(paths: list[str], with_sources: bool = False) -> np.ndarray | tu
             raise SystemExit(f"error: {path} does not exist")
         if path.suffix == ".npy":
             a = np.load(path, allow_pickle=False)
+            if a.ndim == 2:
+                a = a[None]
+            if a.ndim == 3 and channels == 1:
+                a = a[:, None]
         else:
             try:
                 from PIL import Image
@@ -48,14 +78,16 @@ def load_images(paths: list[str], with_sources: bool = False) -> np.ndarray | tu
                 raise SystemExit(
                     "error: reading image files needs Pillow: pip install pillow (or pass a .npy array)"
                 ) from None
-            a = np.asarray(Image.open(path).convert("L").resize((28, 28)))[None]
-        if a.ndim == 2:
-            a = a[None]
-        if a.ndim == 3:
-            a = a[:, None]
-        if a.ndim != 4 or a.shape[1:] != (1, 28, 28):
+            try:
+                with Image.open(path) as img:
+                    img = img.convert("L" if channels == 1 else "RGB").resize((width, height))
+                    a = np.asarray(img)
+            except OSError as exc:
+                raise SystemExit(f"error: {path} cannot be read as an image ({exc})") from None
+            a = a[None, None] if channels == 1 else a.transpose(2, 0, 1)[None]
+        if a.ndim != 4 or a.shape[1:] != shape:
             raise SystemExit(
-                f"error: {path}: expected images of shape [N, 28, 28] or [N, 1, 28, 28], got {a.shape}"
+                f"error: {path}: the model takes images of {list(shape)} ([N, C, H, W]), got {list(a.shape)}"
             )
         arrays.append(a.astype(np.float32) / 255.0 if a.dtype == np.uint8 else a.astype(np.float32))
     images = np.concatenate(arrays)
@@ -73,17 +105,8 @@ def softmax(z: np.ndarray) -> np.ndarray:
 
 
 def predict(model: str, images: np.ndarray) -> np.ndarray:
-    """Class probabilities: the model's ``probabilities`` output, or the softmax of its first output."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise SystemExit("error: predicting needs onnxruntime: pip install onnxruntime") from None
-    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    outputs = [o.name for o in session.get_outputs()]
-    if "probabilities" in outputs:
-        return session.run(["probabilities"], {name: images})[0]
-    return softmax(session.run([outputs[0]], {name: images})[0])
+    """Class probabilities of ``images`` (already in the model's input format)."""
+    return Model(model).probabilities(images)
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m pipeline.predict") -> int:
@@ -98,17 +121,18 @@ def main(argv: list[str] | None = None, prog: str = "python -m pipeline.predict"
     parser.add_argument("--json", action="store_true", help="one JSON object per image instead of text")
     parser.add_argument(
         "--labels",
-        choices=["fashion", "index"],
-        default="fashion",
-        help="class names: Fashion-MNIST's (students) or the class index (e.g. the digits model)",
+        choices=["model", "index"],
+        default="model",
+        help="class names: those stored in the model file (default), or the class numbers",
     )
     args = parser.parse_args(argv)
     if args.top < 1:
         parser.error(f"--top must be at least 1, got {args.top}")
-    images, sources = load_images(args.images, with_sources=True)
-    probs = predict(args.model, images)
-    use_names = args.labels == "fashion" and probs.shape[1] == len(FASHION_CLASSES)
-    classes = FASHION_CLASSES if use_names else tuple(map(str, range(probs.shape[1])))
+    model = Model(args.model)
+    images, sources = load_images(args.images, model.shape, with_sources=True)
+    probs = model.probabilities(images)
+    use_names = args.labels == "model" and model.classes is not None and len(model.classes) == probs.shape[1]
+    classes = model.classes if use_names else tuple(map(str, range(probs.shape[1])))
     for i, (row, source) in enumerate(zip(probs, sources, strict=True)):
         top = np.argsort(-row)[: args.top]
         found = [{"class": int(k), "label": classes[k], "probability": round(float(row[k]), 4)} for k in top]

@@ -320,7 +320,7 @@ def test_served_champion_answers_what_predict_answers(repro, pipeline_env, tmp_p
     ]
     env = {**pipeline_env, "MLFLOW_TRACKING_URI": uri}
     with _server([*serve, "-h", "127.0.0.1", "-p", str(port)], f"http://127.0.0.1:{port}/ping", repo, env):
-        body = json.dumps({"inputs": {"pixels": predict.load_images(files).tolist()}}).encode()
+        body = json.dumps({"inputs": {"pixels": predict.load_images(files, (1, 28, 28)).tolist()}}).encode()
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": "application/json"}
         )

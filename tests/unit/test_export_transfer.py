@@ -5,6 +5,7 @@ import onnx
 import pytest
 import torch
 
+from pipeline.data import FASHION_CLASSES
 from pipeline.errors import DistillopsError
 from pipeline.onnx_model import check_parity, export_onnx, ort_session
 from pipeline.params import PluginSpec
@@ -20,7 +21,9 @@ def lenet(seed: int, classes: int = 10) -> torch.nn.Module:
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     model = lenet(0)
-    path = export_onnx(model, tmp_path_factory.mktemp("onnx") / "m.onnx", torch.rand(2, 1, 28, 28), 18)
+    path = export_onnx(
+        model, tmp_path_factory.mktemp("onnx") / "m.onnx", torch.rand(2, 1, 28, 28), 18, FASHION_CLASSES
+    )
     return model, path
 
 
@@ -99,10 +102,8 @@ def test_predict_reports_top_classes_with_chosen_labels(exported, tmp_path, caps
     assert [r["predictions"][0]["class"] for r in rows] == expected
     assert all(len(r["predictions"]) == 3 and r["predictions"][0]["label"].isdigit() for r in rows)
     predict.main([str(path), str(tmp_path / "x.npy"), "--json"])
-    assert (
-        json.loads(capsys.readouterr().out.splitlines()[0])["predictions"][0]["label"]
-        in predict.FASHION_CLASSES
-    )
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["predictions"][0]["label"] for r in rows] == [FASHION_CLASSES[k] for k in expected]
 
 
 def test_exported_model_answers_probabilities_too(exported):
@@ -149,7 +150,7 @@ def test_distillops_predict_reads_real_image_files_of_any_size_without_torch(exp
     assert [r["source"] for r in rows] == files
     from pipeline import predict  # the same reading, in this process, to compare with the model itself
 
-    pixels = predict.load_images(files)
+    pixels = predict.load_images(files, (1, 28, 28))
     expected = torch.softmax(model(torch.from_numpy(pixels)), 1).detach().numpy()
     for row, probs in zip(rows, expected, strict=True):
         assert [p["class"] for p in row["predictions"]] == np.argsort(-probs)[:2].tolist()
@@ -160,13 +161,15 @@ def test_distillops_predict_reads_real_image_files_of_any_size_without_torch(exp
         text=True,
         check=True,
     ).stdout
-    assert text.startswith(f"{files[0]}: {predict.FASHION_CLASSES[int(expected[0].argmax())]} ")
+    assert text.startswith(f"{files[0]}: {FASHION_CLASSES[int(expected[0].argmax())]} ")
 
 
-def test_standalone_predict_class_names_match_the_dataset():
-    from pipeline import data, predict
+def test_exported_model_carries_its_class_names(exported):
+    from pipeline.predict import Model
 
-    assert predict.FASHION_CLASSES == data.FASHION_CLASSES  # predict keeps its own copy to stay standalone
+    _, path = exported
+    model = Model(str(path))
+    assert model.classes == FASHION_CLASSES and model.shape == (1, 28, 28)
 
 
 def _frozen(model: torch.nn.Module) -> dict[str, bool]:
