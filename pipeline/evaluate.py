@@ -7,7 +7,10 @@ pipeline's parent run, so experiments compare on one row in the MLflow UI.
 
 from __future__ import annotations
 
+import json
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -212,8 +215,8 @@ def _onnx_metrics(params: Params, tests: dict[str, Split]) -> dict[str, float]:
 
 
 def _latency_metrics(params: Params, models: dict[str, nn.Module]) -> dict[str, float]:
-    """Median and p95 latency per batch size: teacher and student in PyTorch and in ONNX Runtime (with as
-    many threads as PyTorch uses), and the INT8 student in ONNX Runtime."""
+    """Median and p95 latency per batch size: teacher and student in PyTorch (here) and in ONNX Runtime
+    (in a subprocess, with as many threads as PyTorch uses), and the INT8 student in ONNX Runtime."""
     ev = params.evaluate
     w, r, threads = ev.latency_warmup, ev.latency_repeats, torch.get_num_threads()
     metrics = {}
@@ -221,13 +224,31 @@ def _latency_metrics(params: Params, models: dict[str, nn.Module]) -> dict[str, 
         metrics |= _latencies(
             name, "torch", lambda b, m=models[name]: torch_latency(m, b, w, r), ev.latency_batches
         )
-    for name in ("teacher", "student", layout.INT8):
-        path = layout.onnx_file(params, name)
-        if path.exists():
-            session = ort_session(path, threads)
-            metrics |= _latencies(
-                name, "onnx", lambda b, s=session: onnx_latency(s, b, w, r), ev.latency_batches
-            )
+    # ONNX Runtime in a process of its own (pipeline.latency): this one's PyTorch threads would compete
+    models_onnx = {
+        name: str(layout.onnx_file(params, name))
+        for name in ("teacher", "student", layout.INT8)
+        if layout.onnx_file(params, name).exists()
+    }
+    spec = {
+        "models": models_onnx,
+        "batches": list(ev.latency_batches),
+        "warmup": w,
+        "repeats": r,
+        "threads": threads,
+    }
+    timed = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "pipeline.latency", json.dumps(spec)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    for name, by_batch in timed.items():
+        for b, stats in by_batch.items():
+            metrics[f"{name}.latency_ms.onnx_b{b}"] = stats["median"]
+            metrics[f"{name}.latency_p95_ms.onnx_b{b}"] = stats["p95"]
     return metrics
 
 
