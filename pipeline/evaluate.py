@@ -8,10 +8,8 @@ pipeline's parent run, so experiments compare on one row in the MLflow UI.
 from __future__ import annotations
 
 import json
-import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,26 +21,12 @@ from torch import nn
 from pipeline import layout, model_registry, report, runner, tracking
 from pipeline.atomic import read_json, write_json, write_text
 from pipeline.data import Split, load_splits
+from pipeline.latency import time_ms
 from pipeline.modelio import count_parameters, load_model
 from pipeline.onnx_model import INPUT_NAME, OUTPUT_NAME, onnx_predict, ort_session
 from pipeline.params import Params
 from pipeline.runner import StageContext
 from pipeline.training import accuracy, confusion_matrix, predict_logits
-
-
-def time_ms(fn: Callable[[], Any], warmup: int, repeats: int) -> dict[str, float]:
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t0) * 1000.0)
-    samples.sort()
-    return {
-        "median": statistics.median(samples),
-        "p95": samples[min(len(samples) - 1, int(0.95 * len(samples)))],
-    }
 
 
 def torch_latency(model: nn.Module, batch: int, warmup: int, repeats: int) -> dict[str, float]:

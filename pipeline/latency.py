@@ -17,6 +17,24 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
+
+
+def time_ms(fn: Callable[[], Any], warmup: int, repeats: int) -> dict[str, float]:
+    """Median and p95 milliseconds of ``fn()`` over ``repeats`` calls, after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1000.0)
+    samples.sort()
+    return {
+        "median": statistics.median(samples),
+        "p95": samples[min(len(samples) - 1, int(0.95 * len(samples)))],
+    }
 
 
 def measure(path: str, batches: list[int], warmup: int, repeats: int, threads: int | None) -> dict:
@@ -34,18 +52,7 @@ def measure(path: str, batches: list[int], warmup: int, repeats: int, threads: i
     out = {}
     for b in batches:
         x = np.random.default_rng(0).random((b, *inp.shape[1:]), dtype=np.float32)
-        for _ in range(warmup):
-            session.run([output], {inp.name: x})
-        samples = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            session.run([output], {inp.name: x})
-            samples.append((time.perf_counter() - t0) * 1000.0)
-        samples.sort()
-        out[str(b)] = {
-            "median": statistics.median(samples),
-            "p95": samples[min(len(samples) - 1, int(0.95 * len(samples)))],
-        }
+        out[str(b)] = time_ms(lambda x=x: session.run([output], {inp.name: x}), warmup, repeats)
     return out
 
 
