@@ -7,9 +7,8 @@ pipeline's parent run, so experiments compare on one row in the MLflow UI.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
+import statistics
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,12 +20,26 @@ from torch import nn
 from pipeline import layout, model_registry, report, runner, tracking
 from pipeline.atomic import read_json, write_json, write_text
 from pipeline.data import Split, load_splits
-from pipeline.latency import time_ms
 from pipeline.modelio import count_parameters, load_model
 from pipeline.onnx_model import INPUT_NAME, OUTPUT_NAME, onnx_predict, ort_session
 from pipeline.params import Params
 from pipeline.runner import StageContext
 from pipeline.training import accuracy, confusion_matrix, predict_logits
+
+
+def time_ms(fn: Callable[[], Any], warmup: int, repeats: int) -> dict[str, float]:
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1000.0)
+    samples.sort()
+    return {
+        "median": statistics.median(samples),
+        "p95": samples[min(len(samples) - 1, int(0.95 * len(samples)))],
+    }
 
 
 def torch_latency(model: nn.Module, batch: int, warmup: int, repeats: int) -> dict[str, float]:
@@ -199,8 +212,8 @@ def _onnx_metrics(params: Params, tests: dict[str, Split]) -> dict[str, float]:
 
 
 def _latency_metrics(params: Params, models: dict[str, nn.Module]) -> dict[str, float]:
-    """Median and p95 latency per batch size: teacher and student in PyTorch (here) and in ONNX Runtime
-    (in a subprocess, with as many threads as PyTorch uses), and the INT8 student in ONNX Runtime."""
+    """Median and p95 latency per batch size: teacher and student in PyTorch and in ONNX Runtime (with as
+    many threads as PyTorch uses), and the INT8 student in ONNX Runtime."""
     ev = params.evaluate
     w, r, threads = ev.latency_warmup, ev.latency_repeats, torch.get_num_threads()
     metrics = {}
@@ -208,31 +221,13 @@ def _latency_metrics(params: Params, models: dict[str, nn.Module]) -> dict[str, 
         metrics |= _latencies(
             name, "torch", lambda b, m=models[name]: torch_latency(m, b, w, r), ev.latency_batches
         )
-    # ONNX Runtime in a process of its own (pipeline.latency): this one's PyTorch threads would compete
-    models_onnx = {
-        name: str(layout.onnx_file(params, name))
-        for name in ("teacher", "student", layout.INT8)
-        if layout.onnx_file(params, name).exists()
-    }
-    spec = {
-        "models": models_onnx,
-        "batches": list(ev.latency_batches),
-        "warmup": w,
-        "repeats": r,
-        "threads": threads,
-    }
-    timed = json.loads(
-        subprocess.run(
-            [sys.executable, "-m", "pipeline.latency", json.dumps(spec)],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    )
-    for name, by_batch in timed.items():
-        for b, stats in by_batch.items():
-            metrics[f"{name}.latency_ms.onnx_b{b}"] = stats["median"]
-            metrics[f"{name}.latency_p95_ms.onnx_b{b}"] = stats["p95"]
+    for name in ("teacher", "student", layout.INT8):
+        path = layout.onnx_file(params, name)
+        if path.exists():
+            session = ort_session(path, threads)
+            metrics |= _latencies(
+                name, "onnx", lambda b, s=session: onnx_latency(s, b, w, r), ev.latency_batches
+            )
     return metrics
 
 
@@ -331,12 +326,11 @@ def _plots(
     tracker.log_artifact(plots / "confusion.csv", "plots")
 
 
-def _log_to_logged_models(params: Params, metrics: dict[str, float], tracker: Any) -> None:
+def _log_to_logged_models(exported: dict[str, Any], metrics: dict[str, float], tracker: Any) -> None:
     """Each exported model's accuracy (ONNX Runtime, test split), file size, batch-1 latency (where
-    measured) and parameters, logged against the MLflow logged model export made of it."""
-    parity_file = layout.onnx_file(params, "student").parent / layout.PARITY_FILE
-    logged = read_json(parity_file).get("logged_models", {}) if parity_file.is_file() else {}
-    for model_name, model_id in logged.items():
+    measured) and parameters, logged against the MLflow logged model export made of it (``exported``:
+    export's ``parity.json``)."""
+    for model_name, model_id in exported.get("logged_models", {}).items():
         prefix = "transfer" if model_name == "transferred" else model_name  # the metrics prefix
         found = {
             "accuracy": metrics.get(f"{prefix}.onnx_accuracy"),
@@ -347,11 +341,12 @@ def _log_to_logged_models(params: Params, metrics: dict[str, float], tracker: An
         tracker.log_metrics({k: v for k, v in found.items() if v is not None}, model_id=model_id)
 
 
-def _registry_decision(params: Params, metrics: dict[str, float], tracker: Any) -> str | None:
+def _registry_decision(
+    params: Params, exported: dict[str, Any], metrics: dict[str, float], tracker: Any
+) -> str | None:
     """Record this execution's measurements on the student version export registered, and move the
     'champion' alias to it when it wins (``pipeline.model_registry``); the decision, in words."""
-    parity_file = layout.onnx_file(params, "student").parent / layout.PARITY_FILE
-    registered = read_json(parity_file).get("registered") if parity_file.is_file() else None
+    registered = exported.get("registered")
     if not tracker.active or not registered:
         return None
     name, version = registered["name"], str(registered["version"])
@@ -410,8 +405,10 @@ def run(ctx: StageContext) -> dict[str, float]:
             metrics["student.latency_ms.torch_b1"] / metrics["student.latency_ms.onnx_b1"]
         )
         _plots(params, tests, preds, metrics, tracker)
-        _log_to_logged_models(params, metrics, tracker)
-        decision = _registry_decision(params, metrics, tracker)
+        parity_file = layout.onnx_file(params, "student").parent / layout.PARITY_FILE
+        exported = read_json(parity_file) if parity_file.is_file() else {}  # what export logged, registered
+        _log_to_logged_models(exported, metrics, tracker)
+        decision = _registry_decision(params, exported, metrics, tracker)
         metrics_file = Path(params.paths.metrics)
         write_json(metrics_file, metrics)
         tracker.log_metrics(metrics, parent=True)
