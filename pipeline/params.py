@@ -159,6 +159,8 @@ class ExportParams:
 class EvaluateParams:
     latency_warmup: int
     latency_repeats: int
+    latency_rounds: int
+    latency_threads: int | None  # threads per timed call (None: as many as PyTorch uses)
     latency_batches: tuple[int, ...]
 
 
@@ -320,6 +322,7 @@ def _check_values(p: Params, source: str) -> None:
         "target.label_budget",
         "export.opset",
         "evaluate.latency_repeats",
+        "evaluate.latency_rounds",
         "export.calibration_samples",
         "augment.copies",
         "runtime.eval_batch_size",
@@ -328,7 +331,7 @@ def _check_values(p: Params, source: str) -> None:
         positive += [f"{stage}.epochs", f"{stage}.batch_size"]
         if getattr(p, stage).lr <= 0:
             _fail(source, f"{stage}.lr", f"must be > 0, got {getattr(p, stage).lr}")
-    for key in ("data.train_limit", "data.test_limit", "runtime.threads"):
+    for key in ("data.train_limit", "data.test_limit", "runtime.threads", "evaluate.latency_threads"):
         if flat[key] is not None:
             positive.append(key)
     for key in positive:

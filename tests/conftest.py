@@ -43,6 +43,7 @@ def tiny_params_dict(**overrides: object) -> dict:
     p["export"]["calibration_samples"] = 64
     p["evaluate"]["latency_warmup"] = 2
     p["evaluate"]["latency_repeats"] = 10
+    p["evaluate"]["latency_rounds"] = 2
     p["runtime"]["progress"] = False
     # no latency bound on the champion: a loaded test machine must not decide which version is champion
     # (the bound itself is tested in tests/unit/test_model_registry.py)

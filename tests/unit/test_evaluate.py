@@ -1,9 +1,10 @@
-"""Evaluate's dark-knowledge check: accuracy on left-out classes before and after a bias."""
+"""Evaluate: the dark-knowledge check (accuracy on left-out classes before and after a bias) and the latency rounds."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from pipeline import evaluate
 from pipeline.evaluate import left_out_class_metrics
 
 
@@ -41,3 +42,19 @@ def test_no_bias_is_added_when_nothing_is_held_down():
     logits = rng.normal(0.0, 1.0, (500, 4))
     logits[np.arange(500), y] += 4.0
     assert left_out_class_metrics(logits, y, logits, y, (3,))["left_out_bias"] == 0.0
+
+
+def test_interleaved_latencies_keeps_each_entrys_best_round_and_interleaves():
+    calls: list[str] = []
+    medians = {"teacher": iter([0.15, 0.095, 0.097]), "student": iter([0.053, 0.024, 0.025])}
+
+    def timer(name: str) -> dict[str, float]:
+        calls.append(name)
+        m = next(medians[name])
+        return {"median": m, "p95": 2 * m}
+
+    best = evaluate.interleaved_latencies(
+        {"teacher": lambda: timer("teacher"), "student": lambda: timer("student")}, rounds=3
+    )
+    assert calls == ["teacher", "student"] * 3
+    assert best == {"teacher": {"median": 0.095, "p95": 0.19}, "student": {"median": 0.024, "p95": 0.048}}
