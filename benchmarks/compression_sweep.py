@@ -32,13 +32,16 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.data import IN_CHANNELS, NUM_CLASSES, Split  # noqa: E402
+from pipeline.data import FASHION_CLASSES, Split  # noqa: E402
 from pipeline.loss_set import LossSet  # noqa: E402
 from pipeline.modelio import count_parameters, load_model  # noqa: E402
 from pipeline.params import Params, parse_params  # noqa: E402
 from pipeline.selection import Selections  # noqa: E402
 from pipeline.tracking import Tracker  # noqa: E402
 from pipeline.variants import StageTraining, Variant  # noqa: E402
+
+NUM_CLASSES = len(FASHION_CLASSES)  # the benchmarks run on Fashion-MNIST: 10 classes of grey 28x28
+IN_CHANNELS = 1
 
 # params overrides per candidate (dotted keys, as `dvc exp run -S` writes them)
 TEACHERS: dict[str, dict[str, Any]] = {

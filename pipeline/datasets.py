@@ -7,10 +7,14 @@ never later in training.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
-from pipeline import data
+from pipeline import data, layout
+from pipeline.atomic import read_json
 from pipeline.errors import DataError, DistillopsError, PluginError
+from pipeline.params import Params
 from pipeline.protocols import ImageDataset
 from pipeline.selection import Selected
 
@@ -74,18 +78,40 @@ def check(dataset: ImageDataset, key: str) -> None:
         raise DataError(f"{key}: images have {shape[0]} channels; 1 (grey) or 3 (RGB) are supported")
 
 
-def supported_by_models(dataset: ImageDataset, key: str) -> None:
-    """The models, the export and the predict command still assume 10 classes of 1x28x28 images: fail
-    early, saying what to set, when a dataset differs."""
-    shape = next(iter(dataset.splits.values()))[0].shape[1:]
-    wanted = (data.IN_CHANNELS, *data.IMAGE_SHAPE)
-    if shape != wanted or len(dataset.classes) != data.NUM_CLASSES:
+def check_square(dataset: ImageDataset, key: str) -> None:
+    """The models take square images (``image_size``): fail early, saying what to do, when they are not."""
+    _, height, width = next(iter(dataset.splits.values()))[0].shape[1:]
+    if height != width:
         raise DataError(
-            f"{key}: the dataset has {len(dataset.classes)} classes of {shape[0]}x{shape[1]}x{shape[2]} images; "
-            f"this version of the pipeline trains on {data.NUM_CLASSES} classes of "
-            f"{wanted[0]}x{wanted[1]}x{wanted[2]} (grey 28x28). For an image folder set image_size: 28 and "
-            f"channels: 1; other class counts and sizes are not supported yet"
+            f"{key}: the images are {height}x{width} (height x width); the models take square images. "
+            f"Resize or crop them to a square (image_folder does: set its image_size)"
         )
+
+
+def source_format(dataset: ImageDataset, train: data.Split) -> data.DataFormat:
+    """The source task's format: its classes and image shape, statistics from its training split."""
+    return data.DataFormat.of(train.x, dataset.classes)
+
+
+def target_format(source: data.DataFormat, dataset: ImageDataset) -> data.DataFormat:
+    """The transfer target's format: its own classes, in the source's input format (channels, size and
+    normalisation), so that the student's weights copy over and the transferred model and its
+    from-scratch baseline see the same inputs."""
+    return dataclasses.replace(source, classes=tuple(dataset.classes))
+
+
+def format_of(params: Params, task: str) -> data.DataFormat:
+    """The format ``prepare`` recorded for ``task`` (``source`` or ``target``) in ``summary.json``."""
+    file = layout.prepared(params, layout.SUMMARY_FILE)
+    if not file.exists():
+        raise DataError(f"{file} does not exist; run the prepare stage first (dvc repro prepare).")
+    summary = read_json(file)
+    if "format" not in summary.get(task, {}):
+        raise DataError(
+            f"{file} has no data format for the {task} task (written by an older version); run the "
+            f"prepare stage again (dvc repro -f prepare)."
+        )
+    return data.DataFormat.from_json(summary[task]["format"])
 
 
 def as_split(dataset: ImageDataset, name: str) -> data.Split:

@@ -1,7 +1,8 @@
 """Stage 5, export: the students to ONNX, checked against PyTorch, plus a static INT8 version.
 
-Each model is exported with a dynamic batch axis (input ``pixels`` float32 ``[batch, 1, 28, 28]`` in
-[0, 1], output ``logits``). The stage fails unless ONNX Runtime matches PyTorch on real test images at
+Each model is exported with a dynamic batch axis (input ``pixels`` float32 ``[batch, C, H, W]`` in
+[0, 1], the data's channels and size; outputs ``logits`` and ``probabilities``; the class names in the
+metadata). The stage fails unless ONNX Runtime matches PyTorch on real test images at
 every batch size in ``export.parity_batches`` (max abs difference <= ``export.atol`` and the same
 argmax). The distilled student's ONNX file is logged to MLflow with signature and input example and
 registered as a new version of ``mlflow.registered_model`` with the alias ``candidate``
@@ -20,7 +21,7 @@ import torch
 
 from pipeline import layout, model_registry, runner, tracking
 from pipeline.atomic import read_json, write_json
-from pipeline.data import NUM_CLASSES, Split, load_splits
+from pipeline.data import Split, load_splits
 from pipeline.modelio import load_model
 from pipeline.onnx_model import check_parity, export_onnx, finish, quantize_int8
 from pipeline.runner import StageContext
@@ -62,12 +63,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
             data_file = layout.EXPORTED.get(model_name, layout.SOURCE_FILE)
             example = data[data_file]["test"].x[:1].astype(np.float32) / 255.0
             registered = name if model_name == "student" else None
+            task = "source" if data_file == layout.SOURCE_FILE else "target"
             info = tracking.log_onnx_model(
                 tracker,
                 layout.onnx_file(params, model_name),
                 f"{model_name}_onnx",
                 example,
-                NUM_CLASSES,
+                len(summary[task]["classes"]),
                 registered,
             )
             if info is not None:

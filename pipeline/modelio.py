@@ -25,7 +25,10 @@ def save_model(
     in_channels: int,
     info: PluginInfo,
     extra: dict[str, Any] | None = None,
+    data_kwargs: dict[str, Any] | None = None,
 ) -> Path:
+    """Weights and sidecar; ``data_kwargs`` are the keywords the model was built with from the data
+    (image size, normalisation), so that :func:`load_model` builds the same architecture."""
     save_weights(folder / WEIGHTS, model)
     write_json(
         folder / META,
@@ -33,6 +36,7 @@ def save_model(
             "model": {"name": spec.name, **dict(spec.kwargs)},
             "num_classes": num_classes,
             "in_channels": in_channels,
+            "data_kwargs": data_kwargs or {},
             "plugin": info.provenance,
             "parameters": count_parameters(model),
             **(extra or {}),
@@ -60,7 +64,7 @@ def load_model(folder: Path, device: torch.device | str = "cpu") -> tuple[nn.Mod
     spec_raw = dict(meta["model"])
     spec = PluginSpec(spec_raw.pop("name"), spec_raw)
     model = Selected.resolve(str(folder / META), "models", spec).build_model(
-        meta["num_classes"], meta["in_channels"]
+        meta["num_classes"], meta["in_channels"], meta.get("data_kwargs", {})
     )
     model.load_state_dict(load_file(str(folder / WEIGHTS)))
     return model.to(device).eval(), meta

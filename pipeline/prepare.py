@@ -2,14 +2,19 @@
 (``target.dataset``), both dataset plugins, verify them, split them.
 
 Outputs (in ``paths.prepared``): ``source.npz`` (train/val/test of the source task), ``target.npz``
-(finetune/val/test of the target task; finetune holds ``target.label_budget`` labelled images) and
-``summary.json`` (counts, class histograms, where the data came from, checksums). In ``paths.augmented``:
+(finetune/val/test of the target task; finetune holds ``target.label_budget`` labelled images), both
+uint8 and uncompressed so that the training stages memory-map them, and ``summary.json`` (counts, class
+histograms, where the data came from, checksums, and each task's format: class names, channels, size
+and the normalisation statistics of the source's training split, which every model is built with).
+The target's images are converted to the source's channels and size when they differ, so that the
+student's weights copy over to the target task. In ``paths.augmented``:
 the offline augmented copies of the training split when ``augment.mode`` is ``offline`` (see
 ``pipeline.offline_copies``), and a manifest either way.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +24,7 @@ from pipeline import data, datasets, layout, offline_copies, runner, tracking
 from pipeline.atomic import write_json
 from pipeline.errors import ParamsError
 from pipeline.params import Params
+from pipeline.protocols import ImageDataset
 from pipeline.runner import StageContext
 from pipeline.selection import build_augmenters, plugin_tags
 
@@ -78,25 +84,40 @@ def split_target(digits: data.Split, params: Params) -> dict[str, data.Split]:
     }
 
 
-def _describe(splits: dict[str, data.Split]) -> dict[str, Any]:
+def _describe(splits: dict[str, data.Split], num_classes: int) -> dict[str, Any]:
     return {
         name: {"count": len(s)}
         if name == "unlabelled"
-        else {"count": len(s), "class_counts": np.bincount(s.y, minlength=data.NUM_CLASSES).tolist()}
+        else {"count": len(s), "class_counts": np.bincount(s.y, minlength=num_classes).tolist()}
         for name, s in splits.items()
     }
 
 
 def materialise_copies(
-    ctx: StageContext, train: data.Split
+    ctx: StageContext, train: data.Split, num_classes: int
 ) -> tuple[offline_copies.AugmentedCopies | None, dict]:
     """Offline mode: the K augmented copies of the training split, and the plugin tags they used."""
     params = ctx.params
     if params.augment.mode != "offline":
         return None, {}
     augs = build_augmenters(ctx.plugins.augmenters(), "prepare")
-    copies = offline_copies.materialise(train, augs, params.augment.copies, params.seed, data.NUM_CLASSES)
+    copies = offline_copies.materialise(train, augs, params.augment.copies, params.seed, num_classes)
     return copies, plugin_tags(augs)
+
+
+def target_pool(dataset: ImageDataset, fmt: data.DataFormat) -> tuple[data.Split, list[int] | None]:
+    """The target task as one pool (every split the dataset has, for ``split_target``), in the source's
+    input format ``fmt``; and the shape it was converted from, if it was."""
+    pool = data.Split.concat(*(datasets.as_split(dataset, name) for name in dataset.splits))
+    own = list(pool.x.shape[1:])
+    if tuple(own) == fmt.shape:
+        return pool, None
+    return data.Split(data.convert_images(pool.x, *fmt.shape), pool.y), own
+
+
+def _shape(shape: Sequence[int]) -> str:
+    channels, height, width = shape
+    return f"{'grey' if channels == 1 else 'RGB'} {height}x{width}"
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -104,8 +125,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     with tracking.stage_run("prepare", params, ctx.params_file) as tracker:
         source_data = datasets.load(ctx.plugins.dataset("data.dataset"))
         target_data = datasets.load(ctx.plugins.dataset("target.dataset"))
-        for key, found in (("data.dataset", source_data), ("target.dataset", target_data)):
-            datasets.supported_by_models(found, key)
+        datasets.check_square(source_data, "data.dataset")
         info = dict(source_data.info)
         train = datasets.as_split(source_data, "train")
         if "test" in source_data.splits:
@@ -113,12 +133,15 @@ def run(ctx: StageContext) -> dict[str, Any]:
         else:  # no test set of its own: hold one out of the training images, by the seed
             train, test = hold_out(train, params.data.val_size, params.seed + 3, "data.dataset")
         source = split_source(train, test, params)
+        fmt = datasets.source_format(source_data, source["train"])
+        ctx.plugins.check(fmt)  # the models, built for this data: a keyword they reject fails now
+        target_fmt = datasets.target_format(fmt, target_data)
         # the target task is one pool (every split the dataset has), split by split_target
-        pool = data.Split.concat(*(datasets.as_split(target_data, name) for name in target_data.splits))
+        pool, converted_from = target_pool(target_data, fmt)
         target = split_target(pool, params)
         data.save_splits(layout.prepared(params, layout.SOURCE_FILE), source)
         data.save_splits(layout.prepared(params, layout.TARGET_FILE), target)
-        copies, aug_tags = materialise_copies(ctx, source["train"])
+        copies, aug_tags = materialise_copies(ctx, source["train"], fmt.num_classes)
         offline_copies.write(Path(params.paths.augmented), params, len(source["train"]), copies)
         tracker.set_tags(aug_tags)
         summary = {
@@ -126,15 +149,18 @@ def run(ctx: StageContext) -> dict[str, Any]:
                 "dataset": params.data.dataset.name,
                 "selection": params.data.dataset.describe(),
                 "classes": list(source_data.classes),
+                "format": fmt.to_json(),
                 **info,
-                "splits": _describe(source),
+                "splits": _describe(source, fmt.num_classes),
             },
             "target": {
                 "dataset": params.target.dataset.name,
                 "selection": params.target.dataset.describe(),
                 "classes": list(target_data.classes),
+                "format": target_fmt.to_json(),
+                "converted_from": converted_from,  # [C, H, W] of its own images, or null
                 **dict(target_data.info),
-                "splits": _describe(target),
+                "splits": _describe(target, target_fmt.num_classes),
             },
         }
         summary_file = layout.prepared(params, layout.SUMMARY_FILE)
@@ -146,12 +172,22 @@ def run(ctx: StageContext) -> dict[str, Any]:
         tracker.set_tags({"distillops.data_origin": origin})
         tracker.log_artifact(summary_file)
         print(
-            f"[prepare] {params.data.dataset.name} from {origin}: "
+            f"[prepare] {params.data.dataset.name} from {origin}: {fmt.num_classes} classes of "
+            f"{_shape(fmt.shape)} images (mean {list(fmt.mean)}, std {list(fmt.std)}); "
             + ", ".join(f"{k} {len(v)}" for k, v in source.items())
-            + f"; target {params.target.dataset.name}: "
+            + f"; target {params.target.dataset.name}: {target_fmt.num_classes} classes, "
             + ", ".join(f"{k} {len(v)}" for k, v in target.items())
             + (f"; {len(copies)} offline augmented copies" if copies is not None else "")
         )
+        for key, found in (("data.dataset", source_data), ("target.dataset", target_data)):
+            changed = {k: v for k, v in found.info.items() if k.startswith("images_") and v}
+            if changed:
+                print(f"[prepare] {key}: " + ", ".join(f"{v} images {k[7:]}" for k, v in changed.items()))
+        if converted_from is not None:
+            print(
+                f"[prepare] target.dataset: its {_shape(converted_from)} images were converted to the source's "
+                f"{_shape(fmt.shape)}, so the student's weights copy over to the target task"
+            )
         return summary
 
 

@@ -15,8 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline import interrupts
-from pipeline.data import IN_CHANNELS, NUM_CLASSES
+from pipeline import datasets, interrupts
 from pipeline.dvc_restore import restore_previous
 from pipeline.errors import DistillopsError
 from pipeline.params import Params, load_params
@@ -38,7 +37,8 @@ class StageContext:
 def start(stage: str, params_file: Path) -> StageContext:
     params = load_params(params_file)
     plugins = Selections.resolve(params)
-    plugins.check(NUM_CLASSES, IN_CHANNELS)
+    if stage != "prepare":  # prepare checks the models once it knows the data (classes, channels, size)
+        plugins.check(datasets.format_of(params, "source"))
     return StageContext(stage, params, params_file, plugins)
 
 

@@ -9,9 +9,10 @@ the resolved selections, which are never looked up again.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import inspect
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
@@ -19,6 +20,9 @@ from pipeline import interrupts
 from pipeline.errors import DistillopsError, PluginError
 from pipeline.params import LossSpec, Params, PluginSpec
 from pipeline.registry import MODEL_ARGS, PluginInfo, check_kwargs, get
+
+if TYPE_CHECKING:
+    from pipeline.data import DataFormat
 
 # the params keys that select plugins, by group
 MODEL_KEYS = ("teacher.model", "student.model")
@@ -97,8 +101,30 @@ class Selected:
             raise PluginError(f"{where} returned a {type(obj).__name__}, not a torch.nn.Module")
         return Plugin(obj, self.info, stage, spec=self.spec)
 
-    def build_model(self, num_classes: int, in_channels: int) -> nn.Module:
-        return self.build("", num_classes=num_classes, in_channels=in_channels).obj
+    def build_model(
+        self, num_classes: int, in_channels: int, data_kwargs: Mapping[str, Any] | None = None
+    ) -> nn.Module:
+        """The model for ``num_classes`` classes of ``in_channels`` channels, with the keywords the data
+        provides (``data_kwargs``: image size, normalisation) that this factory takes (see
+        :meth:`model_kwargs`)."""
+        fixed = self.model_kwargs(data_kwargs or {})
+        return self.build("", num_classes=num_classes, in_channels=in_channels, **fixed).obj
+
+    def model_kwargs(self, data_kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """Of the keywords the data provides, those the factory names in its signature and params do not
+        set: a model built for 28x28 grey images by default gets the real image size and statistics,
+        while a value in params.yaml always wins and a factory without such keywords gets none."""
+        try:
+            named = inspect.signature(self.factory).parameters
+        except (TypeError, ValueError):  # no signature to read (a builtin): pass nothing
+            return {}
+        return {
+            k: v
+            for k, v in data_kwargs.items()
+            if k in named
+            and k not in self.spec.kwargs
+            and named[k].kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        }
 
 
 class Selections:
@@ -125,13 +151,13 @@ class Selections:
             by_key[key] = [Selected.resolve(key, "datasets", _at(params, key))]
         return cls(by_key)
 
-    def check(self, num_classes: int, in_channels: int) -> None:
-        """Build every selection once (cheap: models are only constructed), so that a value the plugin
-        rejects fails now, naming its params key."""
+    def check(self, fmt: DataFormat) -> None:
+        """Build every selection once (cheap: models are only constructed, for data of format ``fmt``),
+        so that a value the plugin rejects fails now, naming its params key."""
         for key, selected in self._by_key.items():
             for sel in selected:
                 if sel.group == "models":
-                    sel.build_model(num_classes, in_channels)
+                    sel.build_model(fmt.num_classes, fmt.channels, fmt.model_kwargs())
                 elif sel.group != "datasets":  # loading data is prepare's work; its keywords are checked
                     sel.build(key)
 

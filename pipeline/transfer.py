@@ -26,9 +26,9 @@ from pathlib import Path
 
 from torch import nn
 
-from pipeline import layout, runner, tracking
-from pipeline.atomic import write_json
-from pipeline.data import NUM_CLASSES, Split, load_splits
+from pipeline import datasets, layout, runner, tracking
+from pipeline.atomic import read_json, write_json
+from pipeline.data import DataFormat, Split, load_splits
 from pipeline.errors import DistillopsError
 from pipeline.loss_set import LossSet
 from pipeline.modelio import load_model
@@ -222,20 +222,25 @@ class Plan:
         return fitted, metrics
 
 
-def target_training(params: Params, plugins: Selections, splits: dict[str, Split]) -> StageTraining:
-    """The transfer stage's training on the target task's labelled images (``finetune``)."""
+def target_training(
+    params: Params, plugins: Selections, splits: dict[str, Split], fmt: DataFormat | None = None
+) -> StageTraining:
+    """The transfer stage's training on the target task's labelled images (``finetune``), for data of
+    format ``fmt`` (default: the target format ``prepare`` recorded)."""
     cfg = params.transfer
+    fmt = fmt or datasets.format_of(params, "target")
     return StageTraining(
         "transfer",
         params,
         cfg,
         plugins.model("student.model"),
-        Runtime.from_params(params.runtime, params.seed, NUM_CLASSES),
+        Runtime.from_params(params.runtime, params.seed, fmt.num_classes),
         splits,
         train_split="finetune",
         # another dataset than the one the offline copies were made from: always online
         augmentation=Augmentation.for_stage(params, plugins.augmenters(), cfg.augment, "transfer", None),
         dataset=(params.target.dataset.name, layout.prepared(params, layout.TARGET_FILE)),
+        fmt=fmt,
     )
 
 
@@ -245,6 +250,14 @@ def run(ctx: StageContext) -> dict[str, Fitted]:
     training = target_training(params, ctx.plugins, splits)
     plan = Plan.of(params, ctx.plugins)
     with tracking.stage_run("transfer", params, ctx.params_file, training.tags(plan.variants)) as tracker:
+        converted = read_json(layout.prepared(params, layout.SUMMARY_FILE))["target"].get("converted_from")
+        if converted:
+            own, fmt = "x".join(map(str, converted)), "x".join(map(str, training.fmt.shape))
+            tracker.set_tags({"distillops.target_converted": f"{own} -> {fmt}"})
+            print(
+                f"[transfer] the target's {own} images (channels x height x width) were converted to the "
+                f"source's {fmt} in prepare, so the student's weights copy over"
+            )
         fitted, metrics = plan.train(training, tracker)
         transferred, scratch = fitted["transferred"].test_accuracy, fitted["scratch"].test_accuracy
         tracker.log_metrics({**metrics, "transfer_gain": transferred - scratch})

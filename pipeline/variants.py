@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline import layout
+from pipeline import datasets, layout
 from pipeline.atomic import write_text
-from pipeline.data import IN_CHANNELS, NUM_CLASSES, Split, load_splits, take
+from pipeline.data import DataFormat, Split, load_splits, take
 from pipeline.errors import ParamsError
 from pipeline.loss_set import LossSet
 from pipeline.modelio import save_model, save_weights
@@ -106,6 +106,14 @@ class StageTraining:
     augmentation: Augmentation = field(default_factory=Augmentation)
     warm_start: WarmStart | None = None  # every variant first trains on a random share of the split
     dataset: tuple[str, Path] | None = None  # the dataset's name and prepared file (MLflow dataset inputs)
+    # what the models are built for (classes, channels, image size, normalisation); None: read off the
+    # training split, the classes named by their numbers
+    fmt: DataFormat | None = None
+
+    def __post_init__(self) -> None:
+        if self.fmt is None:
+            classes = tuple(str(i) for i in range(self.runtime.num_classes))
+            self.fmt = DataFormat.of(self.splits[self.train_split].x, classes)
 
     @classmethod
     def on_source_task(
@@ -118,7 +126,8 @@ class StageTraining:
         warm_start: WarmStart | None = None,
     ) -> StageTraining:
         """A stage that trains on the source task's training split, augmented as ``cfg.augment`` says."""
-        runtime = Runtime.from_params(params.runtime, params.seed, NUM_CLASSES)
+        fmt = datasets.format_of(params, "source")
+        runtime = Runtime.from_params(params.runtime, params.seed, fmt.num_classes)
         splits = load_splits(layout.prepared(params, layout.SOURCE_FILE))
         augmentation = Augmentation.for_stage(
             params, plugins.augmenters(), cfg.augment, stage, splits["train"]
@@ -133,6 +142,7 @@ class StageTraining:
             augmentation=augmentation,
             warm_start=warm_start,
             dataset=(params.data.dataset.name, layout.prepared(params, layout.SOURCE_FILE)),
+            fmt=fmt,
         )
 
     def without_classes(self, classes: Sequence[int]) -> int:
@@ -194,7 +204,7 @@ class StageTraining:
             )
         torch.manual_seed(self.runtime.seed)  # every variant starts from the same initial weights
         selected = variant.model or self.model
-        model = selected.build_model(self.runtime.num_classes, IN_CHANNELS)
+        model = selected.build_model(self.fmt.num_classes, self.fmt.channels, self.fmt.model_kwargs())
         lr_scale = variant.init(model) if variant.init is not None else None
         name = f"{self.stage}-{variant.name}" if nested else variant.name
         warm = None
@@ -345,7 +355,16 @@ class StageTraining:
         if warm is not None:
             extra["warm_start"] = {k: v for k, v in warm.items() if k != "checkpoint"}
         selected = variant.model or self.model
-        save_model(out, model, selected.spec, self.runtime.num_classes, IN_CHANNELS, selected.info, extra)
+        save_model(
+            out,
+            model,
+            selected.spec,
+            self.fmt.num_classes,
+            self.fmt.channels,
+            selected.info,
+            extra,
+            selected.model_kwargs(self.fmt.model_kwargs()),
+        )
         write_text(out / layout.HISTORY, history_csv(result.history))
         saved = [layout.WEIGHTS, layout.META, layout.HISTORY]
         if variant.losses.modules.state_dict():

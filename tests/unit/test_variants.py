@@ -61,7 +61,7 @@ def test_warm_start_trains_a_seeded_subset_first_and_continues_from_its_weights(
 
     # the same two phases by hand: 3 epochs on the seeded 50 images, then 2 on all 200, same model
     torch.manual_seed(0)
-    model = t.model.build_model(10, 1)
+    model = t.model.build_model(t.fmt.num_classes, t.fmt.channels, t.fmt.model_kwargs())
     train = t.splits["train"]
     idx = np.sort(np.random.default_rng([0, 1]).permutation(len(train))[:50])
     losses = LossSet.from_specs([LossSpec("ce")], "distill")
