@@ -134,7 +134,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             train, test = hold_out(train, params.data.val_size, params.seed + 3, "data.dataset")
         source = split_source(train, test, params)
         fmt = datasets.source_format(source_data, source["train"])
-        ctx.plugins.check(fmt)  # the models, built for this data: a keyword they reject fails now
+        ctx.plugins.check_models(fmt)  # built for this data: a keyword they reject fails now
         target_fmt = datasets.target_format(fmt, target_data)
         # the target task is one pool (every split the dataset has), split by split_target
         pool, converted_from = target_pool(target_data, fmt)
@@ -182,7 +182,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
         for key, found in (("data.dataset", source_data), ("target.dataset", target_data)):
             changed = {k: v for k, v in found.info.items() if k.startswith("images_") and v}
             if changed:
-                print(f"[prepare] {key}: " + ", ".join(f"{v} images {k[7:]}" for k, v in changed.items()))
+                print(
+                    f"[prepare] {key}: "
+                    + ", ".join(f"{v} images {k.removeprefix('images_')}" for k, v in changed.items())
+                )
         if converted_from is not None:
             print(
                 f"[prepare] target.dataset: its {_shape(converted_from)} images were converted to the source's "

@@ -37,8 +37,8 @@ class StageContext:
 def start(stage: str, params_file: Path) -> StageContext:
     params = load_params(params_file)
     plugins = Selections.resolve(params)
-    if stage != "prepare":  # prepare checks the models once it knows the data (classes, channels, size)
-        plugins.check(datasets.format_of(params, "source"))
+    # prepare checks the models once it knows the data (classes, channels, size): check_models
+    plugins.check(None if stage == "prepare" else datasets.format_of(params, "source"))
     return StageContext(stage, params, params_file, plugins)
 
 

@@ -151,15 +151,21 @@ class Selections:
             by_key[key] = [Selected.resolve(key, "datasets", _at(params, key))]
         return cls(by_key)
 
-    def check(self, fmt: DataFormat) -> None:
+    def check(self, fmt: DataFormat | None) -> None:
         """Build every selection once (cheap: models are only constructed, for data of format ``fmt``),
-        so that a value the plugin rejects fails now, naming its params key."""
+        so that a value the plugin rejects fails now, naming its params key. ``fmt`` None (prepare, before
+        it has read the data): every selection but the models, which :meth:`check_models` builds later."""
         for key, selected in self._by_key.items():
             for sel in selected:
-                if sel.group == "models":
-                    sel.build_model(fmt.num_classes, fmt.channels, fmt.model_kwargs())
-                elif sel.group != "datasets":  # loading data is prepare's work; its keywords are checked
+                if sel.group not in ("models", "datasets"):  # loading data is prepare's work
                     sel.build(key)
+        if fmt is not None:
+            self.check_models(fmt)
+
+    def check_models(self, fmt: DataFormat) -> None:
+        """Build every selected model for data of format ``fmt``."""
+        for key in MODEL_KEYS:
+            self.model(key).build_model(fmt.num_classes, fmt.channels, fmt.model_kwargs())
 
     def augmenters(self) -> list[Selected]:
         return list(self._by_key[AUGMENT_KEY])

@@ -252,11 +252,11 @@ def run(ctx: StageContext) -> dict[str, Fitted]:
     with tracking.stage_run("transfer", params, ctx.params_file, training.tags(plan.variants)) as tracker:
         converted = read_json(layout.prepared(params, layout.SUMMARY_FILE))["target"].get("converted_from")
         if converted:
-            own, fmt = "x".join(map(str, converted)), "x".join(map(str, training.fmt.shape))
-            tracker.set_tags({"distillops.target_converted": f"{own} -> {fmt}"})
+            own, source = "x".join(map(str, converted)), "x".join(map(str, training.fmt.shape))
+            tracker.set_tags({"distillops.target_converted": f"{own} -> {source}"})
             print(
                 f"[transfer] the target's {own} images (channels x height x width) were converted to the "
-                f"source's {fmt} in prepare, so the student's weights copy over"
+                f"source's {source} in prepare, so the student's weights copy over"
             )
         fitted, metrics = plan.train(training, tracker)
         transferred, scratch = fitted["transferred"].test_accuracy, fitted["scratch"].test_accuracy
