@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline import layout, runner, tracking
+from pipeline import layout, runner, teachers, tracking
 from pipeline.atomic import write_json
 from pipeline.data import Split, one_hot
 from pipeline.errors import ParamsError
@@ -39,7 +39,7 @@ from pipeline.modelio import load_model
 from pipeline.params import Params
 from pipeline.runner import StageContext
 from pipeline.training import predict_logits
-from pipeline.variants import Fitted, StageTraining, Variant
+from pipeline.variants import Fitted, StageTraining, Variant, init_variant
 
 
 def scored_transfer_set(training: StageTraining, teacher: nn.Module, targets: str) -> Split:
@@ -111,7 +111,13 @@ def run(ctx: StageContext) -> dict[str, Fitted]:
     training = StageTraining.on_source_task(
         "distill", params, ctx.plugins, cfg, "student.model", warm_start=cfg.warm_start
     )
-    teacher, _meta = load_model(layout.model_dir(params, "teacher"), training.runtime.device)
+    teacher, meta = teachers.load_teacher(
+        layout.model_dir(params, "teacher"), training.runtime.device, training.fmt.shape
+    )
+    if meta.get("kind", "plugin") != "plugin" or "input" in meta:
+        kind = teachers.describe_kind(meta)
+        teachers.check_later_stages(params, ctx.plugins, False, True, kind)
+        print(f"[distill] the teacher is {kind}, imported: its logits are computed once per training view")
     bad = [c for c in cfg.exclude_classes if not 0 <= c < training.runtime.num_classes]
     if bad:
         raise ParamsError(
@@ -128,6 +134,13 @@ def run(ctx: StageContext) -> dict[str, Fitted]:
         Variant("student_alone", LossSet.build(ctx.plugins.losses("distill.baseline_losses"), "distill")),
         _student(params, ctx, training, teacher),
     ]
+    if params.student.init is not None:  # both students start from the same weights: a fair baseline
+        spec = params.student.model
+        for variant in variants:
+            if variant.init is None:
+                init = init_variant(params.student.init, "student.init", spec.name, dict(spec.kwargs))
+                variant.init = init["init"]
+                variant.meta |= init["meta"]
     with tracking.stage_run("distill", params, ctx.params_file, training.tags(variants)) as tracker:
         fitted = training.run(tracker, variants)
         student, alone = fitted["student"].test_accuracy, fitted["student_alone"].test_accuracy

@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline import layout, model_registry, report, runner, tracking
+from pipeline import datasets, layout, model_registry, report, runner, teachers, tracking
 from pipeline.atomic import read_json, write_json, write_text
 from pipeline.data import Split, load_splits
-from pipeline.modelio import count_parameters, load_model
+from pipeline.modelio import load_model
 from pipeline.onnx_model import INPUT_NAME, OUTPUT_NAME, onnx_predict, ort_session
 from pipeline.params import Params
 from pipeline.runner import StageContext
@@ -62,10 +62,29 @@ def torch_latency(
 
 
 def onnx_latency(
-    session: Any, batch: int, warmup: int, repeats: int, shape: tuple[int, ...] = (1, 28, 28)
+    session: Any,
+    batch: int,
+    warmup: int,
+    repeats: int,
+    shape: tuple[int, ...] = (1, 28, 28),
+    names: tuple[str, str] = (INPUT_NAME, OUTPUT_NAME),
+    dtype: str = "float32",
 ) -> dict[str, float]:
+    """Latency of an ONNX Runtime session on ``batch`` inputs of ``shape`` (``names``: its input and
+    output; an imported teacher has its own)."""
     x = input_batch(batch, shape)
-    return time_ms(lambda: session.run([OUTPUT_NAME], {INPUT_NAME: x}), warmup, repeats)
+    if dtype == "uint8":
+        x = (x * 255).astype(np.uint8)
+    return time_ms(lambda: session.run([names[1]], {names[0]: x}), warmup, repeats)
+
+
+def _imported_onnx_teacher(params: Params) -> tuple[Path, dict[str, Any]] | None:
+    """An ONNX teacher's own file and how to feed it (its native input), or None."""
+    folder = layout.model_dir(params, "teacher")
+    meta = read_json(folder / layout.META)
+    if meta.get("kind") != "onnx":
+        return None
+    return folder / meta["file"], meta["onnx"]
 
 
 def interleaved_latencies(
@@ -200,12 +219,15 @@ def _accuracies(
     cpu = torch.device("cpu")
     metrics, models, preds = {}, {}, {}
     for name, (model_name, data_file) in EVALUATED.items():
-        model, _meta = load_model(layout.model_dir(params, model_name), cpu)
         split = tests[data_file]
+        if name == "teacher":  # trained or imported, any kind
+            model, _meta = teachers.load_teacher(layout.model_dir(params, model_name), cpu, split.x.shape[1:])
+        else:
+            model, _meta = load_model(layout.model_dir(params, model_name), cpu)
         logits = predict_logits(model, torch.from_numpy(split.x), cpu, params.runtime.eval_batch_size)
         models[name], preds[name] = model, logits.argmax(1).numpy()
         metrics[f"{name}.accuracy"] = accuracy(logits, torch.from_numpy(split.y))
-        metrics[f"{name}.parameters"] = count_parameters(model)
+        metrics[f"{name}.parameters"] = teachers.teacher_parameters(model)
     metrics["transfer.scratch_accuracy"] = metrics.pop("transfer_scratch.accuracy")
     metrics.pop("transfer_scratch.parameters")
     return metrics, models, preds
@@ -217,9 +239,14 @@ def _onnx_metrics(params: Params, tests: dict[str, Split]) -> dict[str, float]:
     exported = dict(layout.EXPORTED)
     if layout.onnx_file(params, layout.INT8).exists():
         exported[layout.INT8] = layout.SOURCE_FILE
+    imported = _imported_onnx_teacher(params)
+    if imported is not None:  # the teacher is an ONNX file: its accuracy is the ONNX Runtime one
+        metrics["teacher.onnx_bytes"] = imported[0].stat().st_size
     for model_name, data_file in exported.items():
         name = "transfer" if model_name == "transferred" else model_name  # the metrics prefix
         path, split = layout.onnx_file(params, model_name), tests[data_file]
+        if not path.exists():  # an imported teacher export does not convert (see parity.json)
+            continue
         predicted = onnx_predict(ort_session(path), split.x).argmax(1)
         metrics[f"{name}.onnx_accuracy"] = float((predicted == split.y).mean())
         metrics[f"{name}.onnx_bytes"] = path.stat().st_size
@@ -236,17 +263,30 @@ def _latency_metrics(
     w, r = ev.latency_warmup, ev.latency_repeats
     threads = ev.latency_threads or torch.get_num_threads()
     timers: dict[str, Callable[[], dict[str, float]]] = {}
+    # a teacher with ONNX members runs in ONNX Runtime whatever PyTorch does: no PyTorch latency
+    torch_teacher = not any(isinstance(m, teachers.OnnxTeacher) for m in models["teacher"].modules())
     for b in ev.latency_batches:
-        for name in ("teacher", "student"):
+        for name in ("teacher", "student") if torch_teacher else ("student",):
             timers[f"{name}|torch_b{b}"] = functools.partial(torch_latency, models[name], b, w, r, shape)
     sessions = {
-        name: ort_session(path, threads)
+        name: (ort_session(path, threads), shape, (INPUT_NAME, OUTPUT_NAME), "float32")
         for name in ("teacher", "student", layout.INT8)
         if (path := layout.onnx_file(params, name)).exists()
     }
+    imported = _imported_onnx_teacher(params)
+    if imported is not None:  # timed on its own input, as it would serve
+        path, info = imported
+        dims = (info["channels"], info["height"], info["width"])
+        own = dims if info["layout"] == "nchw" else (info["height"], info["width"], info["channels"])
+        names = (info["input_name"], info["output_name"])
+        sessions["teacher"] = (ort_session(path, threads), own, names, info["dtype"])
     for b in ev.latency_batches:
-        for name, session in sessions.items():
-            timers[f"{name}|onnx_b{b}"] = functools.partial(onnx_latency, session, b, w, r, shape)
+        for name, (session, in_shape, names, dtype) in sessions.items():
+            if name == "teacher" and imported is not None and imported[1]["batch"] not in (None, b):
+                continue  # a fixed batch size other than b
+            timers[f"{name}|onnx_b{b}"] = functools.partial(
+                onnx_latency, session, b, w, r, in_shape, names, dtype
+            )
     metrics = {}
     torch_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -337,9 +377,10 @@ def _plots(
     source_classes, target_classes = tuple(summary["source"]["classes"]), tuple(summary["target"]["classes"])
     _confusion_csv(plots / "confusion.csv", source_classes, source.y, preds["student"])
     _confusion_csv(plots / "transfer_confusion.csv", target_classes, target.y, preds["transfer"])
-    curves = {
-        name: _read_history(layout.model_dir(params, model_name) / layout.HISTORY)
+    curves = {  # an imported teacher trained here for no epochs: it has no curve
+        name: _read_history(path)
         for name, (model_name, _file) in EVALUATED.items()
+        if (path := layout.model_dir(params, model_name) / layout.HISTORY).exists()
     }
     cms = {
         "distilled student": (
@@ -380,19 +421,22 @@ def _registry_decision(
     if not tracker.active or not registered:
         return None
     name, version = registered["name"], str(registered["version"])
+    source = params.teacher.source
+    teacher = params.teacher.model.describe() if source.trains else f"{source.describe()} (imported)"
+    shape = datasets.format_of(params, "source").shape
     measured = {
         "accuracy": metrics["student.onnx_accuracy"],
         "latency_ms": metrics["student.latency_ms.onnx_b1"],
         "onnx_bytes": metrics["student.onnx_bytes"],
     }
     description = (
-        f"Student {params.student.model.describe()} distilled from teacher {params.teacher.model.describe()} "
+        f"Student {params.student.model.describe()} distilled from teacher {teacher} "
         f"with {' + '.join(f'{s.weight:g} {s.describe()}' for s in params.distill.losses)}, "
         f"{params.distill.epochs} epochs, seed {params.seed}. ONNX Runtime: test accuracy "
         f"{measured['accuracy']:.4f}, {int(measured['onnx_bytes']):,} bytes, batch-1 latency "
         f"{measured['latency_ms']:.4f} ms. Teacher {metrics['teacher.accuracy']:.4f}, student alone "
-        f"{metrics['student_alone.accuracy']:.4f}. Input: float32 [batch, 1, 28, 28] in [0, 1]; outputs: logits "
-        "and probabilities."
+        f"{metrics['student_alone.accuracy']:.4f}. Input: float32 [batch, {', '.join(map(str, shape))}] in "
+        "[0, 1]; outputs: logits and probabilities."
     )
     try:
         decision = model_registry.evaluate_candidate(
@@ -426,10 +470,13 @@ def run(ctx: StageContext) -> dict[str, float]:
         if gap > 0:  # the share of the teacher-student gap that distillation closed
             metrics["distill.gap_closed"] = metrics["distill.gain"] / gap
         metrics["compression.parameters"] = metrics["teacher.parameters"] / metrics["student.parameters"]
+        if _imported_onnx_teacher(params) is not None:
+            metrics["teacher.onnx_accuracy"] = metrics["teacher.accuracy"]
         for runtime in ("torch", "onnx"):  # how many times faster the student answers one image
-            metrics[f"compression.latency_{runtime}_b1"] = (
-                metrics[f"teacher.latency_ms.{runtime}_b1"] / metrics[f"student.latency_ms.{runtime}_b1"]
-            )
+            if f"teacher.latency_ms.{runtime}_b1" in metrics:  # not for every imported teacher
+                metrics[f"compression.latency_{runtime}_b1"] = (
+                    metrics[f"teacher.latency_ms.{runtime}_b1"] / metrics[f"student.latency_ms.{runtime}_b1"]
+                )
         metrics["transfer.gain"] = metrics["transfer.accuracy"] - metrics["transfer.scratch_accuracy"]
         metrics["student.onnx_speedup_b1"] = (
             metrics["student.latency_ms.torch_b1"] / metrics["student.latency_ms.onnx_b1"]

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline import layout, model_registry, runner, tracking
+from pipeline import layout, model_registry, runner, teachers, tracking
 from pipeline.atomic import read_json, write_json
 from pipeline.data import Split, load_splits
 from pipeline.modelio import load_model
@@ -33,7 +33,17 @@ def run(ctx: StageContext) -> dict[str, Any]:
     report: dict[str, Any] = {}
     summary = read_json(layout.prepared(params, layout.SUMMARY_FILE))  # the class names of each task
     with tracking.stage_run("export", params, ctx.params_file) as tracker:
-        for name, data_file in layout.EXPORTED.items():
+        teacher_meta = read_json(layout.model_dir(params, "teacher") / layout.META)
+        exported = dict(layout.EXPORTED)
+        if not teachers.capabilities(teacher_meta)["plugin"]:  # imported as ONNX, an ensemble, ...
+            del exported["teacher"]
+            layout.onnx_file(params, "teacher").unlink(missing_ok=True)
+            report["teacher"] = {"imported": teachers.describe_kind(teacher_meta), "exported": False}
+            print(
+                f"[export] teacher: not exported, it is {teachers.describe_kind(teacher_meta)} (imported); "
+                f"evaluate measures it as it is"
+            )
+        for name, data_file in exported.items():
             model, _meta = load_model(layout.model_dir(params, name), "cpu")
             test: Split = data[data_file]["test"]
             example = torch.from_numpy(test.x[:2].astype(np.float32) / 255.0)
@@ -59,7 +69,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         name = params.mlflow.registered_model
         logged: dict[str, str] = {}
         version = None
-        for model_name in [*layout.EXPORTED, *([layout.INT8] if params.export.int8 else [])]:
+        for model_name in [*exported, *([layout.INT8] if params.export.int8 else [])]:
             data_file = layout.EXPORTED.get(model_name, layout.SOURCE_FILE)
             example = data[data_file]["test"].x[:1].astype(np.float32) / 255.0
             registered = name if model_name == "student" else None

@@ -58,6 +58,7 @@ class Paths:
     metrics: str
     plots: str
     checkpoints: str
+    teachers: str = "teachers"  # the files of imported teachers: a DVC dependency of the teacher stage
 
 
 @dataclass(frozen=True)
@@ -108,14 +109,80 @@ class TrainParams:
 
 
 @dataclass(frozen=True)
+class InputSpec:
+    """What an imported teacher expects: the data's [0, 1] pixels are converted to ``channels``, resized to
+    ``image_size`` x ``image_size``, then ``(x - mean) / std``. Unset values are read from the file where
+    it says them (an ONNX graph's input shape, its metadata), else the data's own."""
+
+    image_size: int | None = None
+    channels: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    layout: str | None = None  # ONNX only: nchw or nhwc (read from the input shape when it tells)
+
+
+IMPORT_KINDS = ("weights", "onnx", "mlflow")
+
+
+@dataclass(frozen=True)
+class ImportedTeacher:
+    """One teacher taken as it is: a state dict for a model plugin (``weights``), an ONNX file (``onnx``)
+    or an MLflow model URI (``mlflow``)."""
+
+    kind: str  # one of IMPORT_KINDS
+    location: str  # the file's path, or the MLflow URI
+    model: PluginSpec | None = None  # weights: the model plugin the state dict is for
+    input: InputSpec | None = None
+    output: str | None = None  # logits or probabilities; None: read from the file (default logits)
+    weight: float = 1.0  # its share of an ensemble's averaged probabilities
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.location}" + (f" ({self.model.describe()})" if self.model else "")
+
+
+@dataclass(frozen=True)
+class TeacherSource:
+    """``teacher.source``: ``train`` (no members) or the imported teachers (several: an ensemble)."""
+
+    members: tuple[ImportedTeacher, ...] = ()
+
+    @property
+    def trains(self) -> bool:
+        return not self.members
+
+    @property
+    def ensemble(self) -> bool:
+        return len(self.members) > 1
+
+    def describe(self) -> str:
+        if self.trains:
+            return "train"
+        return " + ".join(
+            (f"{m.weight:g} x " if self.ensemble else "") + m.describe() for m in self.members
+        )
+
+
+@dataclass(frozen=True)
+class InitParams:
+    """Weights to start training from: a state-dict file, or (the ``torchvision`` model plugin) the name
+    of torchvision weights, read from the local torch hub cache (``download: true`` allows fetching them)."""
+
+    weights: str
+    download: bool = False
+
+
+@dataclass(frozen=True)
 class TeacherParams(TrainParams):
     model: PluginSpec
     losses: tuple[LossSpec, ...]
+    source: TeacherSource = TeacherSource()
+    init: InitParams | None = None
 
 
 @dataclass(frozen=True)
 class StudentParams:
     model: PluginSpec
+    init: InitParams | None = None
 
 
 @dataclass(frozen=True)
@@ -281,11 +348,15 @@ def _convert(tp: Any, value: Any, key: str, source: str) -> Any:
         return _convert(inner, value, key, source)
     if origin is tuple:
         inner = typing.get_args(tp)[0]
+        if inner is float and isinstance(value, int | float) and not isinstance(value, bool):
+            value = [value]  # one number for every channel
         if not isinstance(value, list | tuple):
             _fail(source, key, f"expected a list, got {type(value).__name__} {value!r}")
         return tuple(_convert(inner, v, f"{key}[{i}]", source) for i, v in enumerate(value))
     if tp in (PluginSpec, LossSpec):
         return _plugin_spec(tp, value, key, source)
+    if tp is TeacherSource:
+        return _teacher_source(value, key, source)
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, f"{key}.", source)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
@@ -309,6 +380,77 @@ def _plugin_spec(tp: type, value: Any, key: str, source: str) -> PluginSpec:
             _fail(source, f"{key}.weight", f"expected a number, got {weight!r}")
         return LossSpec(value["name"], types.MappingProxyType(kwargs), float(weight))
     return PluginSpec(value["name"], types.MappingProxyType(kwargs))
+
+
+_SOURCE_HELP = (
+    "train, or {weights: PATH, model: {name: ...}}, {onnx: PATH}, {mlflow: URI}, or a list of these "
+    "(an ensemble)"
+)
+
+
+def _teacher_source(value: Any, key: str, source: str) -> TeacherSource:
+    if value == "train":
+        return TeacherSource()
+    if isinstance(value, Mapping):
+        return TeacherSource((_imported(value, key, source),))
+    if isinstance(value, list | tuple) and value:
+        return TeacherSource(tuple(_imported(v, f"{key}[{i}]", source) for i, v in enumerate(value)))
+    _fail(source, key, f"expected {_SOURCE_HELP}; got {value!r}")
+
+
+def _imported(value: Any, key: str, source: str) -> ImportedTeacher:
+    if not isinstance(value, Mapping):
+        _fail(source, key, f"expected a mapping ({_SOURCE_HELP}); got {value!r}")
+    kinds = [k for k in IMPORT_KINDS if k in value]
+    if len(kinds) != 1:
+        _fail(
+            source,
+            key,
+            f"needs exactly one of {', '.join(IMPORT_KINDS)} (the teacher's file or URI), got "
+            f"{kinds or sorted(map(str, value))}",
+        )
+    kind = kinds[0]
+    allowed = {kind, "input", "output", "weight"} | ({"model"} if kind != "onnx" else set())
+    for k in value:
+        if k not in allowed:
+            close = difflib.get_close_matches(str(k), sorted(allowed), n=1)
+            hint = f" (did you mean '{key}.{close[0]}'?)" if close else ""
+            _fail(source, f"{key}.{k}", f"unknown key{hint}; accepted keys here: {', '.join(sorted(allowed))}")
+    location = value[kind]
+    if not isinstance(location, str) or not location:
+        _fail(source, f"{key}.{kind}", f"expected a path or URI (a string), got {location!r}")
+    model = value.get("model")
+    if kind == "weights" and model is None:
+        _fail(source, f"{key}.model", "a weights file needs the model plugin it is for: model: {name: ...}")
+    spec = _plugin_spec(PluginSpec, model, f"{key}.model", source) if model is not None else None
+    raw_input = value.get("input")
+    spec_input = _build(InputSpec, raw_input, f"{key}.input.", source) if raw_input is not None else None
+    if spec_input is not None:
+        _check_input(spec_input, f"{key}.input", source)
+    output = value.get("output")
+    if output is not None and output not in ("logits", "probabilities"):
+        _fail(source, f"{key}.output", f"{output!r} is not one of: logits, probabilities")
+    weight = value.get("weight", 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or weight <= 0:
+        _fail(source, f"{key}.weight", f"expected a number > 0, got {weight!r}")
+    return ImportedTeacher(kind, location, spec, spec_input, output, float(weight))
+
+
+def _check_input(spec: InputSpec, key: str, source: str) -> None:
+    if spec.channels is not None and spec.channels not in (1, 3):
+        _fail(source, f"{key}.channels", f"must be 1 (grey) or 3 (RGB), got {spec.channels}")
+    if spec.image_size is not None and spec.image_size < 1:
+        _fail(source, f"{key}.image_size", f"must be at least 1, got {spec.image_size}")
+    if spec.layout is not None and spec.layout not in ("nchw", "nhwc"):
+        _fail(source, f"{key}.layout", f"{spec.layout!r} is not one of: nchw, nhwc")
+    for name in ("mean", "std"):
+        values = getattr(spec, name)
+        if values is None:
+            continue
+        if spec.channels is not None and len(values) not in (1, spec.channels):
+            _fail(source, f"{key}.{name}", f"needs 1 or {spec.channels} values (one per channel), got {list(values)}")
+        if name == "std" and any(v <= 0 for v in values):
+            _fail(source, f"{key}.std", f"must be > 0, got {list(values)}")
 
 
 def _check_values(p: Params, source: str) -> None:
@@ -384,6 +526,8 @@ def _check_values(p: Params, source: str) -> None:
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     """Dotted key -> value, for logging params and checking values; plugin specs become strings."""
+    if isinstance(obj, TeacherSource):
+        return {prefix.rstrip("."): obj.describe()}
     if isinstance(obj, PluginSpec):
         out = {f"{prefix}name": obj.name, **{f"{prefix}{k}": v for k, v in obj.kwargs.items()}}
         if isinstance(obj, LossSpec):

@@ -26,15 +26,15 @@ from pathlib import Path
 
 from torch import nn
 
-from pipeline import datasets, layout, runner, tracking
+from pipeline import datasets, layout, runner, teachers, tracking
 from pipeline.atomic import read_json, write_json
 from pipeline.data import DataFormat, Split, load_splits
 from pipeline.errors import DistillopsError
 from pipeline.loss_set import LossSet
 from pipeline.modelio import load_model
-from pipeline.params import Params
+from pipeline.params import Params, PluginSpec
 from pipeline.runner import StageContext
-from pipeline.selection import Selections
+from pipeline.selection import Selected, Selections
 from pipeline.tracking import Tracker
 from pipeline.training import Runtime
 from pipeline.variants import Augmentation, Fitted, StageTraining, Variant
@@ -157,8 +157,21 @@ class Unfreezing:
                 param.requires_grad_(train)
 
 
+def _teacher_model(params: Params, plugins: Selections) -> Selected:
+    """The teacher's model plugin: ``teacher.model`` when it was trained here, else the one its sidecar
+    names (an imported state dict); an ONNX or ensemble teacher has none and fails, naming the key."""
+    if params.teacher.source.trains:
+        return plugins.model("teacher.model")
+    folder = layout.model_dir(params, "teacher")
+    meta = read_json(folder / layout.META)
+    caps = teachers.capabilities(meta)
+    teachers.check_later_stages(params, plugins, caps["features"], caps["plugin"], teachers.describe_kind(meta))
+    spec = dict(meta["model"])
+    return Selected.resolve(f"{folder / layout.META} (the imported teacher)", "models", PluginSpec(spec.pop("name"), spec))
+
+
 def adapted(
-    params: Params, plugins: Selections, name: str, source: str, out: Path, model: str | None = None
+    params: Params, plugins: Selections, name: str, source: str, out: Path, model: Selected | None = None
 ) -> tuple[Variant, CopyFrom]:
     """``source``'s trained model (teacher or student) copied into a model for the target task and
     trained there as ``transfer.variant`` says."""
@@ -171,7 +184,7 @@ def adapted(
         LossSet.build(plugins.losses("transfer.losses"), "transfer"),
         init=copy,
         before_epoch=before_epoch,
-        model=plugins.model(model) if model else None,
+        model=model,
         out=out,
         meta={"order": cfg.order, "variant": cfg.variant},
     )
@@ -194,7 +207,7 @@ class Plan:
         if params.transfer.order == "distil_then_transfer":
             first, copy = adapted(params, plugins, "transferred", "student", out)
             return cls(scratch, first, copy, None)
-        first, copy = adapted(params, plugins, "teacher", "teacher", out / ADAPTED_TEACHER, "teacher.model")
+        first, copy = adapted(params, plugins, "teacher", "teacher", out / ADAPTED_TEACHER, _teacher_model(params, plugins))
         then = Variant(
             "transferred",
             LossSet.build(plugins.losses("distill.losses"), "transfer"),

@@ -27,10 +27,11 @@ from pipeline.errors import ParamsError
 from pipeline.loss_set import LossSet
 from pipeline.modelio import save_model, save_weights
 from pipeline.offline_copies import AugmentedCopies, load
-from pipeline.params import Params, TrainParams, WarmStart
+from pipeline.params import InitParams, Params, TrainParams, WarmStart
 from pipeline.selection import Plugin, Selected, Selections, plugin_tags
 from pipeline.tracking import Tracker
 from pipeline.training import Runtime, Trainer, TrainResult, accuracy, history_csv, predict_logits
+from pipeline.weights import apply_init
 
 
 @dataclass
@@ -371,3 +372,15 @@ class StageTraining:
             save_weights(out / layout.LOSS_WEIGHTS, variant.losses.modules)
             saved.append(layout.LOSS_WEIGHTS)
         return saved
+
+
+def init_variant(init: InitParams | None, key: str, plugin: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``Variant`` keywords that start a model from ``init``'s weights (none when unset)."""
+    if init is None:
+        return {}
+    record: dict[str, str] = {}
+
+    def start(model: nn.Module) -> None:
+        record.update(apply_init(model, init, key, plugin, kwargs))
+
+    return {"init": start, "meta": {"init": f"{key}: {init.weights}", "init_record": record}}
