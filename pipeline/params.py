@@ -157,9 +157,7 @@ class TeacherSource:
     def describe(self) -> str:
         if self.trains:
             return "train"
-        return " + ".join(
-            (f"{m.weight:g} x " if self.ensemble else "") + m.describe() for m in self.members
-        )
+        return " + ".join((f"{m.weight:g} x " if self.ensemble else "") + m.describe() for m in self.members)
 
 
 @dataclass(frozen=True)
@@ -415,7 +413,9 @@ def _imported(value: Any, key: str, source: str) -> ImportedTeacher:
         if k not in allowed:
             close = difflib.get_close_matches(str(k), sorted(allowed), n=1)
             hint = f" (did you mean '{key}.{close[0]}'?)" if close else ""
-            _fail(source, f"{key}.{k}", f"unknown key{hint}; accepted keys here: {', '.join(sorted(allowed))}")
+            _fail(
+                source, f"{key}.{k}", f"unknown key{hint}; accepted keys here: {', '.join(sorted(allowed))}"
+            )
     location = value[kind]
     if not isinstance(location, str) or not location:
         _fail(source, f"{key}.{kind}", f"expected a path or URI (a string), got {location!r}")
@@ -448,7 +448,11 @@ def _check_input(spec: InputSpec, key: str, source: str) -> None:
         if values is None:
             continue
         if spec.channels is not None and len(values) not in (1, spec.channels):
-            _fail(source, f"{key}.{name}", f"needs 1 or {spec.channels} values (one per channel), got {list(values)}")
+            _fail(
+                source,
+                f"{key}.{name}",
+                f"needs 1 or {spec.channels} values (one per channel), got {list(values)}",
+            )
         if name == "std" and any(v <= 0 for v in values):
             _fail(source, f"{key}.std", f"must be > 0, got {list(values)}")
 

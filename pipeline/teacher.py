@@ -34,7 +34,11 @@ def _kind_words(source: TeacherSource, members: list[teachers.Member]) -> str:
     if source.ensemble:
         return f"an ensemble of {len(members)}"
     m = members[0]
-    return "an ONNX model" if m.kind == "onnx" else ("a model fed converted images" if m.adapter else "a PyTorch model")
+    return (
+        "an ONNX model"
+        if m.kind == "onnx"
+        else ("a model fed converted images" if m.adapter else "a PyTorch model")
+    )
 
 
 def import_teacher(ctx: StageContext) -> dict[str, Any]:
@@ -55,9 +59,7 @@ def import_teacher(ctx: StageContext) -> dict[str, Any]:
         splits = load_splits(layout.prepared(params, layout.SOURCE_FILE))
         metrics = _measure(teacher, members, source, splits, runtime)
         parameters = teachers.teacher_parameters(teacher)
-        tags = {
-            m.selected.info.tag: m.selected.info.provenance for m in members if m.selected is not None
-        }
+        tags = {m.selected.info.tag: m.selected.info.provenance for m in members if m.selected is not None}
         with tracking.stage_run("teacher", params, ctx.params_file, tags) as tracker:
             tracker.set_tags(_provenance_tags(source, members))
             tracker.log_params(_model_params(source, members, parameters, params))
@@ -126,11 +128,15 @@ def _provenance_tags(source: TeacherSource, members: list[teachers.Member]) -> d
     return tags
 
 
-def _model_params(source: TeacherSource, members: list[teachers.Member], parameters: int, params: Params) -> dict[str, Any]:
+def _model_params(
+    source: TeacherSource, members: list[teachers.Member], parameters: int, params: Params
+) -> dict[str, Any]:
     """The same model keys as a trained model logs (see ``StageTraining.model_params``)."""
     return {
         "model": source.describe(),
-        "model.name": "ensemble" if source.ensemble else (members[0].spec.model.name if members[0].spec.model else "onnx"),
+        "model.name": "ensemble"
+        if source.ensemble
+        else (members[0].spec.model.name if members[0].spec.model else "onnx"),
         "losses": "none (imported, used as is)",
         "teacher": "none",
         "stage": "teacher",
@@ -162,4 +168,3 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
-

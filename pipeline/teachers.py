@@ -68,7 +68,9 @@ class InputAdapter(nn.Module):
         super().__init__()
         self.channels, self.size, self.data_shape = channels, tuple(size), data_shape
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("inv_std", 1.0 / torch.tensor(list(std), dtype=torch.float64).float().view(1, -1, 1, 1))
+        self.register_buffer(
+            "inv_std", 1.0 / torch.tensor(list(std), dtype=torch.float64).float().view(1, -1, 1, 1)
+        )
         self.normalises = any(m != 0 for m in mean) or any(s != 1 for s in std)
 
     @property
@@ -141,12 +143,22 @@ class OnnxInfo:
         return cls(**raw)
 
     def describe(self) -> str:
-        dims = [self.channels, self.height, self.width] if self.layout == "nchw" else [self.height, self.width, self.channels]
-        where = ", ".join(f"{k} from {v}" for k, v in self.found.items())
+        dims = (
+            [self.channels, self.height, self.width]
+            if self.layout == "nchw"
+            else [self.height, self.width, self.channels]
+        )
+        by: dict[str, list[str]] = {}
+        for k, v in self.found.items():
+            by.setdefault(v.split(" (")[0], []).append(k)
+        where = "; ".join(f"{', '.join(keys)} from {v}" for v, keys in by.items())
+        if "defaults" in by:
+            where += ": set input.mean / input.std / output where the model expects otherwise"
         return (
             f"input '{self.input_name}' [{self.batch or 'batch'}, {', '.join(map(str, dims))}] "
             f"{self.layout.upper()} {self.dtype}, mean {list(self.mean)} std {list(self.std)}; output "
-            f"'{self.output_name}' ({self.output}), {self.num_classes} classes" + (f" ({where})" if where else "")
+            f"'{self.output_name}' ({self.output}), {self.num_classes} classes"
+            + (f" ({where})" if where else "")
         )
 
 
@@ -163,7 +175,9 @@ class OnnxTeacher(nn.Module):
         self.session = ort_session(path)
         self.onnx_parameters = info.parameters
         # the file's identity in the state dict: a checkpoint resumes only with the same teacher
-        self.register_buffer("file_sha256", torch.tensor(list(bytes.fromhex(file_digest(path))), dtype=torch.uint8))
+        self.register_buffer(
+            "file_sha256", torch.tensor(list(bytes.fromhex(file_digest(path))), dtype=torch.uint8)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         device = x.device
@@ -209,7 +223,9 @@ def _dim(d: Any) -> int | None:
     return d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
 
 
-def inspect_onnx(path: Path, key: str, spec: InputSpec | None, output: str | None, fmt: DataFormat) -> OnnxInfo:
+def inspect_onnx(
+    path: Path, key: str, spec: InputSpec | None, output: str | None, fmt: DataFormat
+) -> OnnxInfo:
     """Read an ONNX classifier's input (shape, layout, dtype), output and normalisation from the file,
     params (``spec``, ``output``) filling in or overriding; fails naming the key when the data's images
     cannot be fed to it or its classes differ from the data's."""
@@ -288,15 +304,27 @@ def inspect_onnx(path: Path, key: str, spec: InputSpec | None, output: str | Non
         elif producer is not None and producer.op_type == "Softmax":
             output, found["output"] = "probabilities", "file (a Softmax makes it)"
         else:
-            output, found["output"] = "logits", f"default (no Softmax makes '{out.name}'; set {key}.output if it is probabilities)"
+            output, found["output"] = "logits", "defaults (no Softmax makes the output)"
     else:
         found["output"] = "params"
     num_classes = out_dims[-1] if out_dims and out_dims[-1] is not None else None
     batch = dims[0]
     parameters = int(sum(int(np.prod(i.dims)) for i in graph.initializer))
     info = OnnxInfo(
-        inp.name, layout, channels, height, width, dtype, batch, out.name, output, num_classes or 0, mean, std,
-        parameters, found,
+        inp.name,
+        layout,
+        channels,
+        height,
+        width,
+        dtype,
+        batch,
+        out.name,
+        output,
+        num_classes or 0,
+        mean,
+        std,
+        parameters,
+        found,
     )
     if num_classes is None:  # a symbolic class axis: ask the model
         info.num_classes = _probe_classes(path, info, key)
@@ -309,7 +337,9 @@ def inspect_onnx(path: Path, key: str, spec: InputSpec | None, output: str | Non
     return info
 
 
-def _pick(given: int | None, in_file: int | None, name: str, key: str, path: Path, found: dict[str, str]) -> int:
+def _pick(
+    given: int | None, in_file: int | None, name: str, key: str, path: Path, found: dict[str, str]
+) -> int:
     if given is not None:
         if in_file is not None and in_file != given:
             raise DistillopsError(
@@ -351,9 +381,14 @@ def _norm(
                 except (ValueError, TypeError):
                     continue
     if values is None:
-        values, found[name] = [default], f"default (set {key}.input.{name} if it expects otherwise)"
+        values, found[name] = (
+            [default],
+            "defaults (set input.mean/std or output where the model expects otherwise)",
+        )
     if len(values) not in (1, channels):
-        raise DistillopsError(f"{key}.input.{name}: {list(values)} needs 1 or {channels} values (one per channel)")
+        raise DistillopsError(
+            f"{key}.input.{name}: {list(values)} needs 1 or {channels} values (one per channel)"
+        )
     return tuple(float(v) for v in values)
 
 
@@ -425,7 +460,12 @@ def resolve_mlflow(uri: str, key: str, into: Path) -> tuple[Path, dict[str, str]
                     raise DistillopsError(
                         f"{key}: '{uri}' names no version; use models:/NAME@ALIAS or models:/NAME/VERSION"
                     )
-                prov |= {"name": name, "version": str(mv.version), "run_id": mv.run_id or "", "resolved": f"models:/{name}/{mv.version}"}
+                prov |= {
+                    "name": name,
+                    "version": str(mv.version),
+                    "run_id": mv.run_id or "",
+                    "resolved": f"models:/{name}/{mv.version}",
+                }
                 source = prov["resolved"]
             elif uri.startswith("runs:/"):
                 run_id = uri.removeprefix("runs:/").split("/", 1)[0]
@@ -437,13 +477,19 @@ def resolve_mlflow(uri: str, key: str, into: Path) -> tuple[Path, dict[str, str]
                     f"{key}: '{uri}' is not an MLflow model URI; use models:/NAME@ALIAS, models:/NAME/VERSION or "
                     f"runs:/RUN_ID/PATH"
                 )
-            local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(into), tracking_uri=store)
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=source, dst_path=str(into), tracking_uri=store
+            )
     except DistillopsError:
         raise
     except MlflowException as exc:
         code = getattr(exc, "error_code", "")
         what = str(exc).splitlines()[0][:300]
-        if "RESOURCE_DOES_NOT_EXIST" in str(code) or "not found" in what.lower() or "does not exist" in what.lower():
+        if (
+            "RESOURCE_DOES_NOT_EXIST" in str(code)
+            or "not found" in what.lower()
+            or "does not exist" in what.lower()
+        ):
             raise DistillopsError(
                 f"{key}: '{uri}' is not in the MLflow store {prov['tracking_uri']} ({what}); check the name, "
                 f"alias or version (mlflow ui lists them)"
@@ -482,7 +528,9 @@ def _mlflow_files(folder: Path, key: str, uri: str) -> tuple[str, Path]:
                 f"state dict as model.safetensors with a distillops model.json (what the teacher stage logs), "
                 f"or use teacher.source: {{weights: FILE, model: {{name: ...}}}}"
             )
-        raise DistillopsError(f"{key}: '{uri}' has flavours {sorted(flavors)}; an ONNX or distillops model is needed")
+        raise DistillopsError(
+            f"{key}: '{uri}' has flavours {sorted(flavors)}; an ONNX or distillops model is needed"
+        )
     onnx_files = sorted(folder.rglob("*.onnx"))
     if len(onnx_files) == 1:
         return "onnx", onnx_files[0]
@@ -524,13 +572,22 @@ def check_source(source: TeacherSource, fmt: DataFormat, workdir: Path) -> list[
 def _member(key: str, spec: ImportedTeacher, fmt: DataFormat, workdir: Path) -> Member:
     if spec.kind == "weights":
         path = Path(spec.location)
-        return _plugin_member(key, spec, fmt, path, {"kind": "weights", "path": str(path), "sha256": file_digest(path) if path.is_file() else ""}, None)
+        return _plugin_member(
+            key,
+            spec,
+            fmt,
+            path,
+            {"kind": "weights", "path": str(path), "sha256": file_digest(path) if path.is_file() else ""},
+            None,
+        )
     if spec.kind == "onnx":
         path = Path(spec.location)
         from pipeline.weights import check_file
 
         check_file(path, f"{key}.onnx")
-        return _onnx_member(key, spec, fmt, path, {"kind": "onnx", "path": str(path), "sha256": file_digest(path)})
+        return _onnx_member(
+            key, spec, fmt, path, {"kind": "onnx", "path": str(path), "sha256": file_digest(path)}
+        )
     workdir.mkdir(parents=True, exist_ok=True)
     folder, prov = resolve_mlflow(spec.location, f"{key}.mlflow", workdir)
     prov = {"kind": "mlflow", **prov}
@@ -589,12 +646,21 @@ def _plugin_member(
         f", fed {channels}x{size}x{size} images" if not adapter.identity else ""
     )
     return Member(
-        key, spec, module, "plugin", prov, describe, selected, selected.model_kwargs(data_kwargs),
+        key,
+        spec,
+        module,
+        "plugin",
+        prov,
+        describe,
+        selected,
+        selected.model_kwargs(data_kwargs),
         None if adapter.identity else adapter,
     )
 
 
-def _onnx_member(key: str, spec: ImportedTeacher, fmt: DataFormat, path: Path, prov: dict[str, str]) -> Member:
+def _onnx_member(
+    key: str, spec: ImportedTeacher, fmt: DataFormat, path: Path, prov: dict[str, str]
+) -> Member:
     info = inspect_onnx(path, key, spec.input, spec.output, fmt)
     module = OnnxTeacher(path, info, fmt.shape)
     try:
@@ -615,7 +681,9 @@ def assemble(members: Sequence[Member], source: TeacherSource) -> nn.Module:
     return Ensemble([m.module for m in members], [m.spec.weight for m in members])
 
 
-def write_teacher(out: Path, members: Sequence[Member], source: TeacherSource, fmt: DataFormat, extra: dict[str, Any]) -> list[Path]:
+def write_teacher(
+    out: Path, members: Sequence[Member], source: TeacherSource, fmt: DataFormat, extra: dict[str, Any]
+) -> list[Path]:
     """The imported teacher in ``out`` (see the module's docstring); the files written."""
     if not source.ensemble:
         return _write_member(out, members[0], fmt, extra)
@@ -641,14 +709,23 @@ def _write_member(out: Path, m: Member, fmt: DataFormat, extra: dict[str, Any]) 
         channels = m.adapter.channels if m.adapter is not None else fmt.channels
         if m.adapter is not None:
             common["input"] = m.adapter.describe()
-        save_model(out, model, m.spec.model, fmt.num_classes, channels, m.selected.info, common, m.data_kwargs)
+        save_model(
+            out, model, m.spec.model, fmt.num_classes, channels, m.selected.info, common, m.data_kwargs
+        )
         return [out / WEIGHTS, out / META]
     path, info = m.onnx
-    write_with(out / ONNX_FILE, lambda tmp: shutil.copyfile(path, tmp))
+    write_with(out / ONNX_FILE, lambda tmp: _self_contained(path, tmp))
     write_json(
         out / META,
-        {"kind": "onnx", "file": ONNX_FILE, "onnx": info.to_json(), "num_classes": fmt.num_classes,
-         "in_channels": fmt.channels, "parameters": info.parameters, **common},
+        {
+            "kind": "onnx",
+            "file": ONNX_FILE,
+            "onnx": info.to_json(),
+            "num_classes": fmt.num_classes,
+            "in_channels": fmt.channels,
+            "parameters": info.parameters,
+            **common,
+        },
     )
     return [out / ONNX_FILE, out / META]
 
@@ -674,8 +751,23 @@ def check_later_stages(params: Params, plugins: Selections, features: bool, plug
         )
 
 
+def _self_contained(path: Path, dest: Path) -> None:
+    """``path`` copied to ``dest`` as it is, or, when its weights lie in external data files (as
+    ``mlflow.onnx.log_model`` saves them), as one file holding them."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    if not external:
+        shutil.copyfile(path, dest)
+        return
+    onnx.save(onnx.load(str(path)), str(dest), save_as_external_data=False)
+
+
 # --- reading a teacher back -----------------------------------------------------------------------------
-def load_teacher(folder: Path, device: torch.device | str = "cpu", data_shape: tuple[int, int, int] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+def load_teacher(
+    folder: Path, device: torch.device | str = "cpu", data_shape: tuple[int, int, int] | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
     """The teacher in ``folder`` (trained or imported, any kind) as a module taking the data's images."""
     if not (folder / META).exists():
         raise DistillopsError(f"{folder} holds no teacher ({META}); run the teacher stage")

@@ -165,9 +165,13 @@ def _teacher_model(params: Params, plugins: Selections) -> Selected:
     folder = layout.model_dir(params, "teacher")
     meta = read_json(folder / layout.META)
     caps = teachers.capabilities(meta)
-    teachers.check_later_stages(params, plugins, caps["features"], caps["plugin"], teachers.describe_kind(meta))
+    teachers.check_later_stages(
+        params, plugins, caps["features"], caps["plugin"], teachers.describe_kind(meta)
+    )
     spec = dict(meta["model"])
-    return Selected.resolve(f"{folder / layout.META} (the imported teacher)", "models", PluginSpec(spec.pop("name"), spec))
+    return Selected.resolve(
+        f"{folder / layout.META} (the imported teacher)", "models", PluginSpec(spec.pop("name"), spec)
+    )
 
 
 def adapted(
@@ -207,7 +211,9 @@ class Plan:
         if params.transfer.order == "distil_then_transfer":
             first, copy = adapted(params, plugins, "transferred", "student", out)
             return cls(scratch, first, copy, None)
-        first, copy = adapted(params, plugins, "teacher", "teacher", out / ADAPTED_TEACHER, _teacher_model(params, plugins))
+        first, copy = adapted(
+            params, plugins, "teacher", "teacher", out / ADAPTED_TEACHER, _teacher_model(params, plugins)
+        )
         then = Variant(
             "transferred",
             LossSet.build(plugins.losses("distill.losses"), "transfer"),

@@ -33,7 +33,9 @@ def file_digest(path: Path) -> str:
 
 def check_file(path: Path, key: str) -> None:
     if not path.exists():
-        raise DistillopsError(f"{key}: {path} does not exist; check the path (relative to the repository root)")
+        raise DistillopsError(
+            f"{key}: {path} does not exist; check the path (relative to the repository root)"
+        )
     if not path.is_file():
         raise DistillopsError(f"{key}: {path} is not a file")
     if not os.access(path, os.R_OK):
@@ -115,7 +117,11 @@ def _shape(t: torch.Tensor) -> tuple[int, ...]:
 
 
 def load_into(
-    model: nn.Module, state: Mapping[str, torch.Tensor], key: str, path: Path | str, starting_point: bool = False
+    model: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    key: str,
+    path: Path | str,
+    starting_point: bool = False,
 ) -> list[str]:
     """Copy ``state`` into ``model``. Imported as is (``starting_point`` False): every key and shape must
     match. As a starting point: a head of another class count is left fresh and an RGB first convolution
@@ -128,8 +134,9 @@ def load_into(
     differ = [k for k in own if k in state and _shape(state[k]) != _shape(own[k])]
     notes: list[str] = []
     merged = dict(own)
-    if differ and set(differ) <= head_keys and not starting_point:
-        w = f"{head}.weight"
+    w = f"{head}.weight"
+    head_classes = w in differ and _shape(state[w])[0] != _shape(own[w])[0]
+    if head_classes and set(differ) <= head_keys and not (missing or unexpected) and not starting_point:
         raise DistillopsError(
             f"{key}: {path}: its classifier '{head}' has {_shape(state[w])[0]} outputs (classes) and the "
             f"data has {_shape(own[w])[0]} classes; a teacher used as is must know the data's classes "
@@ -146,20 +153,28 @@ def load_into(
             src, dst = _shape(state[k]), _shape(own[k])
             if len(src) == 4 and src[1] == 3 and dst[1] == 1 and src[0] == dst[0] and src[2:] == dst[2:]:
                 merged[k] = state[k].sum(1, keepdim=True)  # grey x replicated to RGB gives the same output
-                notes.append(f"'{k}' takes RGB input in the file: its 3 input channels are summed for grey images")
+                notes.append(
+                    f"'{k}' takes RGB input in the file: its 3 input channels are summed for grey images"
+                )
                 fresh.append(k)
         differ = [k for k in differ if k not in fresh]
         missing = [k for k in missing if k not in head_keys]
     problems = []
     if missing:
-        problems.append(f"missing in the file: {missing[:SHOWN]}" + (f" ({len(missing)} in all)" if len(missing) > SHOWN else ""))
+        problems.append(
+            f"missing in the file: {missing[:SHOWN]}"
+            + (f" ({len(missing)} in all)" if len(missing) > SHOWN else "")
+        )
     if unexpected:
         problems.append(
-            f"not in the model: {unexpected[:SHOWN]}" + (f" ({len(unexpected)} in all)" if len(unexpected) > SHOWN else "")
+            f"not in the model: {unexpected[:SHOWN]}"
+            + (f" ({len(unexpected)} in all)" if len(unexpected) > SHOWN else "")
         )
     if differ:
         shown = ", ".join(f"{k}: file {_shape(state[k])} vs model {_shape(own[k])}" for k in differ[:SHOWN])
-        problems.append(f"shapes differ: {shown}" + (f" ({len(differ)} in all)" if len(differ) > SHOWN else ""))
+        problems.append(
+            f"shapes differ: {shown}" + (f" ({len(differ)} in all)" if len(differ) > SHOWN else "")
+        )
     if problems:
         raise DistillopsError(
             f"{key}: {path} does not fit the model: {'; '.join(problems)}. Are these weights for this "
@@ -176,7 +191,9 @@ def is_path(weights: str) -> bool:
     return "/" in weights or os.sep in weights or Path(weights).suffix.lower() in SAFETENSORS + PICKLED
 
 
-def torchvision_weights(arch: str, name: str, key: str, download: bool) -> tuple[dict[str, torch.Tensor], Path]:
+def torchvision_weights(
+    arch: str, name: str, key: str, download: bool
+) -> tuple[dict[str, torch.Tensor], Path]:
     """The state dict of torchvision's pretrained weights ``name`` for ``arch``, from the torch hub cache
     (``$TORCH_HOME/hub/checkpoints``); fetched only when ``download`` allows it."""
     import torchvision.models as tvm
@@ -192,7 +209,9 @@ def torchvision_weights(arch: str, name: str, key: str, download: bool) -> tuple
     elif short in names:
         weights = enum[short]
     else:
-        raise DistillopsError(f"{key}: '{name}' is not a torchvision weights name of {arch}; known: {', '.join(names)}")
+        raise DistillopsError(
+            f"{key}: '{name}' is not a torchvision weights name of {arch}; known: {', '.join(names)}"
+        )
     file = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
     if not file.exists():
         if not download:
@@ -207,14 +226,18 @@ def torchvision_weights(arch: str, name: str, key: str, download: bool) -> tuple
     return read_state_dict(file, key), file
 
 
-def apply_init(model: nn.Module, init: InitParams, key: str, plugin: str, kwargs: Mapping[str, object]) -> dict[str, str]:
+def apply_init(
+    model: nn.Module, init: InitParams, key: str, plugin: str, kwargs: Mapping[str, object]
+) -> dict[str, str]:
     """Start ``model`` (built by the model plugin ``plugin`` with ``kwargs``) from ``init``'s weights;
     prints what was not copied as is. Returns what the run records of it (file, digest)."""
     if plugin == "torchvision" and not is_path(init.weights):
         net = getattr(model, "net", None)
         if net is None:
             raise DistillopsError(f"{key}: the torchvision model has no 'net' module to load weights into")
-        state, file = torchvision_weights(str(kwargs.get("arch", "")), init.weights, f"{key}.weights", init.download)
+        state, file = torchvision_weights(
+            str(kwargs.get("arch", "")), init.weights, f"{key}.weights", init.download
+        )
         notes = load_into(net, state, f"{key}.weights", file, starting_point=True)
         record = {"init": f"torchvision {init.weights}", "init.file": str(file)}
     else:
