@@ -638,7 +638,7 @@ def _plugin_member(
             data_kwargs["std"] = inp.std[0] if len(inp.std) == 1 else list(inp.std)
     torch.manual_seed(0)  # the built model's random init is overwritten; seeded so nothing else moves
     model = selected.build_model(fmt.num_classes, channels, data_kwargs)
-    load_into(model, state, key, path)
+    load_into(model, state, f"{key}.{'weights' if spec.kind == 'weights' else 'mlflow'}", path)
     model.eval()
     adapter = InputAdapter(channels, (size, size), data_shape=fmt.shape)
     module: nn.Module = model if adapter.identity else Adapted(adapter, model)

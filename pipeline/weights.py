@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -61,10 +62,11 @@ def read_state_dict(path: Path, key: str) -> dict[str, torch.Tensor]:
         try:
             raw = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+            what = f"it holds a pickled {found.group(1)}" if found else "it holds pickled objects"
             raise DistillopsError(
                 f"{key}: {path} cannot be loaded as weights only: loading it would unpickle code "
-                f"({first[:200]}). distillops never runs code from a weights file "
+                f"({what}). distillops never runs code from a weights file "
                 f"(torch.load(weights_only=True)); the file probably holds a whole pickled model. Where "
                 f"you trust it, save its state dict once: torch.save(model.state_dict(), 'weights.pt') "
                 f"or safetensors.torch.save_file(model.state_dict(), 'weights.safetensors')"
@@ -245,6 +247,6 @@ def apply_init(
         state = read_state_dict(path, f"{key}.weights")
         notes = load_into(model, state, f"{key}.weights", path, starting_point=True)
         record = {"init": f"weights {path}", "init.file": str(path), "init.sha256": file_digest(path)}
-    stage = key.split(".")[0]
+    stage = {"teacher": "teacher", "student": "distill"}.get(key.split(".")[0], key.split(".")[0])
     print(f"[{stage}] {key}: starting from {record['init']}" + "".join(f"; {n}" for n in notes))
     return record
