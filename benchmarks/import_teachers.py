@@ -175,6 +175,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/imports"))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--rgb-epochs", type=int, default=10)
+    ap.add_argument("--rgb-seeds", type=int, nargs="+", default=[0], help="seeds of the rgb32 config")
     ap.add_argument("--configs", nargs="+", default=["single", "rgb32", "ensemble"])
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/IMPORT_TEACHERS.md")
     args = ap.parse_args()
@@ -194,7 +195,10 @@ def main() -> None:
     rgb = {"onnx": "teachers/vgg_rgb32.onnx", "input": {"mean": [MEAN] * 3, "std": [STD] * 3}}
     configs = {"single": lenet, "rgb32": rgb, "ensemble": [lenet, rgb]}
     results = {
-        name: [run_config(args.base, args.work, name, configs[name], s) for s in args.seeds]
+        name: [
+            run_config(args.base, args.work, name, configs[name], s)
+            for s in (args.rgb_seeds if name == "rgb32" else args.seeds)
+        ]
         for name in args.configs
     }
     lines = [

@@ -48,8 +48,16 @@ def import_teacher(ctx: StageContext) -> dict[str, Any]:
     fmt = datasets.format_of(params, "source")
     with teachers.scratch_dir() as scratch:
         members = teachers.check_source(source, fmt, Path(scratch))
+        tracked = Path(params.paths.teachers).resolve()
         for m in members:
             print(f"[teacher] {m.key}: {m.describe}")
+            local = Path(m.spec.location).resolve() if m.spec.kind != "mlflow" else None
+            if local is not None and not local.is_relative_to(tracked):
+                print(
+                    f"[teacher] note: {m.spec.location} is outside {params.paths.teachers}/, so DVC does not see "
+                    f"when it changes (its sha256 is recorded); move it into {params.paths.teachers}/ to make "
+                    f"replacing it rerun the teacher stage"
+                )
         features = not source.ensemble and members[0].features
         teachers.check_later_stages(params, ctx.plugins, features, features, _kind_words(source, members))
         checked = time.perf_counter() - start

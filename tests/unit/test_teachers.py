@@ -346,3 +346,34 @@ def test_bad_teacher_sources_fail_naming_the_key(source, expected):
     raw = tiny_params_dict(**{"teacher.source": source})
     with pytest.raises(ParamsError, match=expected):
         parse_params(raw)
+
+
+def test_a_distillops_model_logged_to_a_run_is_taken_by_its_runs_uri(trained, mlflow_store, tmp_path, images):
+    import mlflow
+
+    from pipeline.modelio import save_model
+    from pipeline.selection import Selected
+
+    folder = tmp_path / "teacher"
+    selected = Selected.resolve("teacher.model", "models", LENET)
+    save_model(
+        folder,
+        trained["model"],
+        LENET,
+        10,
+        1,
+        selected.info,
+        {},
+        {"image_size": 28, "mean": 0.286, "std": 0.353},
+    )
+    mlflow.set_tracking_uri(mlflow_store)
+    with mlflow.start_run() as run:
+        mlflow.log_artifacts(str(folder), "teacher")
+    (member,) = check_source(
+        _source(kind="mlflow", location=f"runs:/{run.info.run_id}/teacher"), FMT, tmp_path / "w"
+    )
+    assert member.kind == "plugin" and member.provenance["run_id"] == run.info.run_id
+    x, _ = images
+    batch = torch.from_numpy(x[:32]).float() / 255.0
+    with torch.no_grad():
+        assert torch.equal(member.module(batch), trained["model"](batch))
