@@ -39,7 +39,7 @@ from pipeline.modelio import load_model
 from pipeline.params import Params
 from pipeline.runner import StageContext
 from pipeline.training import predict_logits
-from pipeline.variants import Fitted, StageTraining, Variant, init_variant
+from pipeline.variants import Fitted, StageTraining, Variant, check_later_stages, init_variant
 
 
 def scored_transfer_set(training: StageTraining, teacher: nn.Module, targets: str) -> Split:
@@ -116,7 +116,7 @@ def run(ctx: StageContext) -> dict[str, Fitted]:
     )
     if meta.get("kind", "plugin") != "plugin" or "input" in meta:
         kind = teachers.describe_kind(meta)
-        teachers.check_later_stages(params, ctx.plugins, False, True, kind)
+        check_later_stages(params, ctx.plugins, False, True, kind)
         print(f"[distill] the teacher is {kind}, imported: its logits are computed once per training view")
     bad = [c for c in cfg.exclude_classes if not 0 <= c < training.runtime.num_classes]
     if bad:

@@ -27,7 +27,7 @@ from pipeline.loss_set import LossSet
 from pipeline.params import Params, TeacherSource
 from pipeline.runner import StageContext
 from pipeline.training import Runtime, accuracy, predict_logits
-from pipeline.variants import Fitted, StageTraining, Variant, init_variant, split_digest
+from pipeline.variants import Fitted, StageTraining, Variant, check_later_stages, init_variant, split_digest
 
 
 def _kind_words(source: TeacherSource, members: list[teachers.Member]) -> str:
@@ -59,7 +59,7 @@ def import_teacher(ctx: StageContext) -> dict[str, Any]:
                     f"replacing it rerun the teacher stage"
                 )
         features = not source.ensemble and members[0].features
-        teachers.check_later_stages(params, ctx.plugins, features, features, _kind_words(source, members))
+        check_later_stages(params, ctx.plugins, features, features, _kind_words(source, members))
         checked = time.perf_counter() - start
         print(f"[teacher] imported teacher checked against the data in {checked:.1f} s")
         teacher = teachers.assemble(members, source)

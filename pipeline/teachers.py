@@ -35,13 +35,11 @@ from torch import nn
 
 from pipeline.atomic import read_json, write_json, write_with
 from pipeline.data import DataFormat
-from pipeline.errors import DistillopsError, ParamsError
+from pipeline.errors import DistillopsError
 from pipeline.layout import META, WEIGHTS
-from pipeline.loss_set import LossSet
 from pipeline.modelio import count_parameters, load_model, save_model
-from pipeline.params import ImportedTeacher, InputSpec, Params, PluginSpec, TeacherSource
-from pipeline.protocols import teacher_taps
-from pipeline.selection import Selected, Selections
+from pipeline.params import ImportedTeacher, InputSpec, PluginSpec, TeacherSource
+from pipeline.selection import Selected
 from pipeline.weights import file_digest, load_into, read_state_dict
 
 ONNX_FILE = "teacher.onnx"
@@ -728,27 +726,6 @@ def _write_member(out: Path, m: Member, fmt: DataFormat, extra: dict[str, Any]) 
         },
     )
     return [out / ONNX_FILE, out / META]
-
-
-def check_later_stages(params: Params, plugins: Selections, features: bool, plugin: bool, what: str) -> None:
-    """What the distill and transfer stages will ask of this teacher, checked now: feature losses need a
-    PyTorch teacher fed the data's own images, transfer_then_distil one it can copy."""
-    if not features:
-        losses = LossSet.build(plugins.losses("distill.losses"), "distill")
-        if losses.teacher_taps:
-            tapping = [t.name for t in losses.terms if teacher_taps(t.plugin.obj)]
-            raise ParamsError(
-                f"distill.losses: {tapping} tap the teacher's features "
-                f"({list(losses.teacher_taps)}), but teacher.source is {what}, which has no features to tap; "
-                f"use logit losses (kd, dkd, dist, ...) or teacher.source: {{weights: FILE, model: ...}} of "
-                f"the data's image format"
-            )
-    if not plugin and params.transfer.order == "transfer_then_distil":
-        raise ParamsError(
-            f"transfer.order: transfer_then_distil adapts the teacher's weights to the target task, but "
-            f"teacher.source is {what}, whose weights cannot be copied into a model plugin; use "
-            f"distil_then_transfer, or teacher.source: {{weights: FILE, model: ...}}"
-        )
 
 
 def _self_contained(path: Path, dest: Path) -> None:

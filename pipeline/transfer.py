@@ -37,7 +37,7 @@ from pipeline.runner import StageContext
 from pipeline.selection import Selected, Selections
 from pipeline.tracking import Tracker
 from pipeline.training import Runtime
-from pipeline.variants import Augmentation, Fitted, StageTraining, Variant
+from pipeline.variants import Augmentation, Fitted, StageTraining, Variant, check_later_stages
 
 ADAPTED_TEACHER = "teacher"  # the adapted teacher's folder inside paths.transferred (transfer_then_distil)
 
@@ -165,9 +165,7 @@ def _teacher_model(params: Params, plugins: Selections) -> Selected:
     folder = layout.model_dir(params, "teacher")
     meta = read_json(folder / layout.META)
     caps = teachers.capabilities(meta)
-    teachers.check_later_stages(
-        params, plugins, caps["features"], caps["plugin"], teachers.describe_kind(meta)
-    )
+    check_later_stages(params, plugins, caps["features"], caps["plugin"], teachers.describe_kind(meta))
     spec = dict(meta["model"])
     return Selected.resolve(
         f"{folder / layout.META} (the imported teacher)", "models", PluginSpec(spec.pop("name"), spec)

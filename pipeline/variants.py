@@ -28,6 +28,7 @@ from pipeline.loss_set import LossSet
 from pipeline.modelio import save_model, save_weights
 from pipeline.offline_copies import AugmentedCopies, load
 from pipeline.params import InitParams, Params, TrainParams, WarmStart
+from pipeline.protocols import teacher_taps
 from pipeline.selection import Plugin, Selected, Selections, plugin_tags
 from pipeline.tracking import Tracker
 from pipeline.training import Runtime, Trainer, TrainResult, accuracy, history_csv, predict_logits
@@ -384,3 +385,24 @@ def init_variant(init: InitParams | None, key: str, plugin: str, kwargs: dict[st
         record.update(apply_init(model, init, key, plugin, kwargs))
 
     return {"init": start, "meta": {"init": f"{key}: {init.weights}", "init_record": record}}
+
+
+def check_later_stages(params: Params, plugins: Selections, features: bool, plugin: bool, what: str) -> None:
+    """What the distill and transfer stages will ask of this teacher, checked now: feature losses need a
+    PyTorch teacher fed the data's own images, transfer_then_distil one it can copy."""
+    if not features:
+        losses = LossSet.build(plugins.losses("distill.losses"), "distill")
+        if losses.teacher_taps:
+            tapping = [t.name for t in losses.terms if teacher_taps(t.plugin.obj)]
+            raise ParamsError(
+                f"distill.losses: {tapping} tap the teacher's features "
+                f"({list(losses.teacher_taps)}), but teacher.source is {what}, which has no features to tap; "
+                f"use logit losses (kd, dkd, dist, ...) or teacher.source: {{weights: FILE, model: ...}} of "
+                f"the data's image format"
+            )
+    if not plugin and params.transfer.order == "transfer_then_distil":
+        raise ParamsError(
+            f"transfer.order: transfer_then_distil adapts the teacher's weights to the target task, but "
+            f"teacher.source is {what}, whose weights cannot be copied into a model plugin; use "
+            f"distil_then_transfer, or teacher.source: {{weights: FILE, model: ...}}"
+        )

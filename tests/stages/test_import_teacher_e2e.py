@@ -30,6 +30,7 @@ def _teacher_files(folder) -> None:
     model, _ = create("models", LENET, num_classes=10, in_channels=1, image_size=28, mean=0.286, std=0.353)
     _train(model, x, y)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "lenet.safetensors"))
+    torch.save(model.state_dict(), folder / "lenet.pt")
     rgb = nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8 * 16 * 16, 10)
     )
@@ -127,3 +128,22 @@ def test_a_registered_teacher_is_taken_by_its_alias(imported):
     meta = json.loads((repo / "models/teacher/model.json").read_text())
     assert meta["source"]["version"] == "1" and meta["source"]["resolved"] == "models:/rgb/1"
     assert "the teacher is an ONNX model" in result.stdout
+
+
+def test_a_pt_state_dict_gives_the_same_teacher_as_its_safetensors(imported):
+    repo, env, _ = imported
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["teacher"]["source"] = {
+        "weights": "teachers/lenet.pt",
+        "model": {"name": "lenet5", "hidden": [32]},
+    }
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    result = sh(["dvc", "repro", "teacher"], repo, env)
+    assert "a PyTorch model imported, used as is" in result.stdout
+    from safetensors.torch import load_file
+
+    got = load_file(str(repo / "models/teacher/model.safetensors"))
+    expected = load_file(str(repo / "teachers/lenet.safetensors"))
+    assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got)
+    meta = json.loads((repo / "models/teacher/model.json").read_text())
+    assert meta["source"]["path"] == "teachers/lenet.pt" and len(meta["source"]["sha256"]) == 64

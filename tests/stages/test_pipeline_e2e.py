@@ -389,7 +389,8 @@ def test_second_repro_does_nothing(repro, pipeline_env):
     [
         ("pipeline/variants.py", {"teacher", "distill", "transfer"}),  # how a stage trains its models
         ("pipeline/loss_set.py", {"teacher", "distill", "transfer", "evaluate"}),
-        ("pipeline/onnx_model.py", {"export", "evaluate"}),
+        # the stages that can run an ONNX teacher, and export and evaluate
+        ("pipeline/onnx_model.py", {"teacher", "distill", "transfer", "export", "evaluate"}),
         ("pipeline/tracking.py", set()),  # result-neutral: only what is logged
     ],
 )
