@@ -114,9 +114,9 @@ def run(ctx: StageContext) -> dict[str, Fitted]:
     teacher, meta = teachers.load_teacher(
         layout.model_dir(params, "teacher"), training.runtime.device, training.fmt.shape
     )
-    if meta.get("kind", "plugin") != "plugin" or "input" in meta:
+    if not teachers.capabilities(meta)["features"]:  # imported as ONNX, an ensemble or on other images
         kind = teachers.describe_kind(meta)
-        check_later_stages(params, ctx.plugins, False, True, kind)
+        check_later_stages(params, ctx.plugins, False, True, kind)  # the transfer stage checks its own
         print(f"[distill] the teacher is {kind}, imported: its logits are computed once per training view")
     bad = [c for c in cfg.exclude_classes if not 0 <= c < training.runtime.num_classes]
     if bad:
