@@ -233,13 +233,15 @@ def _accuracies(
     return metrics, models, preds
 
 
-def _onnx_metrics(params: Params, tests: dict[str, Split]) -> dict[str, float]:
-    """ONNX Runtime accuracy and file size of every exported model, and of the INT8 student."""
+def _onnx_metrics(
+    params: Params, tests: dict[str, Split], imported: tuple[Path, dict[str, Any]] | None
+) -> dict[str, float]:
+    """ONNX Runtime accuracy and file size of every exported model, and of the INT8 student
+    (``imported``: an ONNX teacher's own file, see ``_imported_onnx_teacher``)."""
     metrics = {}
     exported = dict(layout.EXPORTED)
     if layout.onnx_file(params, layout.INT8).exists():
         exported[layout.INT8] = layout.SOURCE_FILE
-    imported = _imported_onnx_teacher(params)
     if imported is not None:  # the teacher is an ONNX file: its accuracy is the ONNX Runtime one
         metrics["teacher.onnx_bytes"] = imported[0].stat().st_size
     for model_name, data_file in exported.items():
@@ -254,7 +256,10 @@ def _onnx_metrics(params: Params, tests: dict[str, Split]) -> dict[str, float]:
 
 
 def _latency_metrics(
-    params: Params, models: dict[str, nn.Module], shape: tuple[int, ...]
+    params: Params,
+    models: dict[str, nn.Module],
+    shape: tuple[int, ...],
+    imported: tuple[Path, dict[str, Any]] | None,
 ) -> dict[str, float]:
     """Median and p95 latency per batch size: teacher and student in PyTorch and in ONNX Runtime, and the
     INT8 student in ONNX Runtime, all with ``evaluate.latency_threads`` threads (None: as many as PyTorch
@@ -273,7 +278,6 @@ def _latency_metrics(
         for name in ("teacher", "student", layout.INT8)
         if (path := layout.onnx_file(params, name)).exists()
     }
-    imported = _imported_onnx_teacher(params)
     if imported is not None:  # timed on its own input, as it would serve
         path, info = imported
         dims = (info["channels"], info["height"], info["width"])
@@ -462,15 +466,16 @@ def run(ctx: StageContext) -> dict[str, float]:
     }
     with tracking.stage_run("evaluate", params, ctx.params_file) as tracker:
         metrics, models, preds = _accuracies(params, tests)
-        metrics |= _onnx_metrics(params, tests)
-        metrics |= _latency_metrics(params, models, tests[layout.SOURCE_FILE].x.shape[1:])
+        imported = _imported_onnx_teacher(params)
+        metrics |= _onnx_metrics(params, tests, imported)
+        metrics |= _latency_metrics(params, models, tests[layout.SOURCE_FILE].x.shape[1:], imported)
         metrics |= _left_out_metrics(params, models, tests)
         metrics["distill.gain"] = metrics["student.accuracy"] - metrics["student_alone.accuracy"]
         gap = metrics["teacher.accuracy"] - metrics["student_alone.accuracy"]
         if gap > 0:  # the share of the teacher-student gap that distillation closed
             metrics["distill.gap_closed"] = metrics["distill.gain"] / gap
         metrics["compression.parameters"] = metrics["teacher.parameters"] / metrics["student.parameters"]
-        if _imported_onnx_teacher(params) is not None:
+        if imported is not None:
             metrics["teacher.onnx_accuracy"] = metrics["teacher.accuracy"]
         for runtime in ("torch", "onnx"):  # how many times faster the student answers one image
             if f"teacher.latency_ms.{runtime}_b1" in metrics:  # not for every imported teacher
