@@ -123,11 +123,18 @@ def test_a_registered_teacher_is_taken_by_its_alias(imported):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["teacher"]["source"] = {"mlflow": "models:/rgb@champion"}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    result = sh(["dvc", "repro", "distill"], repo, env)
+    result = sh(["dvc", "repro"], repo, env)
     assert "an ONNX model imported, used as is" in result.stdout
     meta = json.loads((repo / "models/teacher/model.json").read_text())
     assert meta["source"]["version"] == "1" and meta["source"]["resolved"] == "models:/rgb/1"
     assert "the teacher is an ONNX model" in result.stdout
+    # export leaves it as it is; evaluate runs and times it on its own RGB 32x32 input
+    assert "teacher: not exported, it is an ONNX model" in result.stdout
+    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    assert metrics["teacher.onnx_accuracy"] == metrics["teacher.accuracy"] > 0.5
+    assert metrics["teacher.onnx_bytes"] == (repo / "models/teacher/teacher.onnx").stat().st_size
+    assert metrics["teacher.latency_ms.onnx_b1"] > 0 and "teacher.latency_ms.torch_b1" not in metrics
+    assert metrics["compression.latency_onnx_b1"] > 0 and "compression.latency_torch_b1" not in metrics
 
 
 def test_a_pt_state_dict_gives_the_same_teacher_as_its_safetensors(imported):
