@@ -15,12 +15,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline import layout  # noqa: E402
 from pipeline.data import FASHION_CLASSES, Split, load_splits  # noqa: E402
+from pipeline.evaluation import accuracy, predict_logits  # noqa: E402
 from pipeline.loss_set import LossSet  # noqa: E402
 from pipeline.modelio import load_model  # noqa: E402
 from pipeline.offline_copies import AugmentedCopies  # noqa: E402
 from pipeline.params import LossSpec, Params, TrainParams  # noqa: E402
 from pipeline.selection import Selected, Selections, build_augmenters  # noqa: E402
-from pipeline.training import Runtime, Trainer, accuracy, predict_logits  # noqa: E402
+from pipeline.training import Runtime, Trainer  # noqa: E402
 
 NUM_CLASSES = len(FASHION_CLASSES)  # the benchmarks run on Fashion-MNIST: 10 classes of grey 28x28
 

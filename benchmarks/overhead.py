@@ -48,10 +48,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline import layout  # noqa: E402
 from pipeline.data import FASHION_CLASSES, Split, load_fashion_mnist  # noqa: E402
+from pipeline.evaluation import predict_logits  # noqa: E402
 from pipeline.loss_set import LossSet  # noqa: E402
 from pipeline.params import LossSpec, PluginSpec, load_params  # noqa: E402
 from pipeline.selection import Plugin, create  # noqa: E402
-from pipeline.training import Runtime, Trainer, predict_logits  # noqa: E402
+from pipeline.training import Runtime, Trainer  # noqa: E402
 
 NUM_CLASSES = len(FASHION_CLASSES)  # the benchmarks run on Fashion-MNIST: 10 classes of grey 28x28
 

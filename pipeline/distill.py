@@ -38,7 +38,6 @@ from pipeline.loss_set import LossSet
 from pipeline.modelio import load_model
 from pipeline.params import Params
 from pipeline.runner import StageContext
-from pipeline.training import predict_logits
 from pipeline.variants import Fitted, StageTraining, Variant, check_later_stages, init_variant
 
 
@@ -51,9 +50,7 @@ def scored_transfer_set(training: StageTraining, teacher: nn.Module, targets: st
     ]
     images = np.concatenate([p.x for p in parts])
     runtime = training.runtime
-    logits = predict_logits(
-        teacher, torch.from_numpy(images), runtime.device, runtime.eval_batch_size, runtime.memory_format
-    )
+    logits = runtime.predict(teacher, torch.from_numpy(images))
     probs = F.softmax(logits, dim=1)
     labels = probs.argmax(1)
     rows = one_hot(labels, runtime.num_classes) if targets == "hard" else probs
@@ -145,15 +142,16 @@ def run(ctx: StageContext) -> dict[str, Fitted]:
         fitted = training.run(tracker, variants)
         student, alone = fitted["student"].test_accuracy, fitted["student_alone"].test_accuracy
         tracker.log_metrics({"distill_gain": student - alone})
-        write_json(
-            layout.model_dir(params, "student") / "gain.json",
-            {
-                "student_accuracy": student,
-                "student_alone_accuracy": alone,
-                "gain": student - alone,
-                "procedure": cfg.procedure,
-            },
-        )
+        if training.runtime.group.is_main:
+            write_json(
+                layout.model_dir(params, "student") / "gain.json",
+                {
+                    "student_accuracy": student,
+                    "student_alone_accuracy": alone,
+                    "gain": student - alone,
+                    "procedure": cfg.procedure,
+                },
+            )
         print(
             f"[distill] distilled {student:.4f} vs alone {alone:.4f}: gain {(student - alone) * 100:+.2f} pt"
         )

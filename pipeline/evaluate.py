@@ -21,11 +21,11 @@ from torch import nn
 from pipeline import datasets, layout, model_registry, report, runner, teachers, tracking
 from pipeline.atomic import read_json, write_json, write_text
 from pipeline.data import Split, load_splits
+from pipeline.evaluation import accuracy, confusion_matrix, predict_logits
 from pipeline.modelio import load_model
 from pipeline.onnx_model import INPUT_NAME, OUTPUT_NAME, onnx_predict, ort_session
 from pipeline.params import Params
 from pipeline.runner import StageContext
-from pipeline.training import accuracy, confusion_matrix, predict_logits
 
 
 def time_ms(fn: Callable[[], Any], warmup: int, repeats: int) -> dict[str, float]:

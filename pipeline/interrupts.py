@@ -68,3 +68,11 @@ def check() -> None:
     if signum is not None:
         _state["pending"] = None
         raise StageInterrupted(signum)
+
+
+def raise_pending(default: int) -> None:
+    """Raise the recorded signal, or ``default`` where another process got it (several training
+    processes stop together, see :mod:`pipeline.distributed`)."""
+    signum = _state["pending"] or default
+    _state["pending"] = None
+    raise StageInterrupted(signum)

@@ -93,6 +93,11 @@ class RuntimeParams:
     channels_last: bool
     progress: bool
     eval_batch_size: int
+    # how the training stages (teacher, distill, transfer) run; the defaults are the single-process,
+    # float32, eager path, so a params.yaml written before these keys existed runs as it did
+    processes: int = 1  # more than 1: torchrun with that many DistributedDataParallel processes
+    precision: str = "fp32"  # fp32, or bf16 / fp16 autocast
+    compile: bool = False  # torch.compile the models' forward
 
 
 @dataclass(frozen=True)
@@ -256,6 +261,7 @@ class Params:
 
 _CHOICES: dict[str, tuple[str, ...]] = {
     "runtime.device": ("auto", "cpu", "cuda"),
+    "runtime.precision": ("fp32", "bf16", "fp16"),
     "augment.mode": ("online", "offline"),
     "transfer.variant": ("finetune", "linear_probe", "gradual"),
     "transfer.order": ("distil_then_transfer", "transfer_then_distil"),
@@ -472,9 +478,17 @@ def _check_values(p: Params, source: str) -> None:
         "export.calibration_samples",
         "augment.copies",
         "runtime.eval_batch_size",
+        "runtime.processes",
     ]
     for stage in ("teacher", "distill", "transfer"):
         positive += [f"{stage}.epochs", f"{stage}.batch_size"]
+        if getattr(p, stage).batch_size < p.runtime.processes:
+            _fail(
+                source,
+                f"{stage}.batch_size",
+                f"{getattr(p, stage).batch_size} is the global batch, shared by runtime.processes: "
+                f"{p.runtime.processes} processes; it must be at least that",
+            )
         if getattr(p, stage).lr <= 0:
             _fail(source, f"{stage}.lr", f"must be > 0, got {getattr(p, stage).lr}")
     for key in ("data.train_limit", "data.test_limit", "runtime.threads", "evaluate.latency_threads"):

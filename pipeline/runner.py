@@ -9,13 +9,14 @@ back the outputs DVC removed before running it.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline import datasets, interrupts
+from pipeline import datasets, interrupts, launch
 from pipeline.dvc_restore import restore_previous
 from pipeline.errors import DistillopsError
 from pipeline.params import Params, load_params
@@ -52,7 +53,17 @@ def main(stage: str, run: Callable[[StageContext], object], argv: list[str] | No
     args = parser.parse_args(argv)
     try:
         with interrupts.installed():
-            run(start(stage, args.params))
+            ctx = start(stage, args.params)
+            runtime = ctx.params.runtime
+            code = launch.relaunch(
+                stage, runtime.processes, runtime.device, sys.argv[1:] if argv is None else argv
+            )
+            if code is not None:  # the torchrun workers did the work and reported it
+                sys.exit(code)
+            try:
+                run(ctx)
+            finally:
+                launch.shutdown()
     except DistillopsError as exc:
         _exit(stage, f"error: stage '{stage}': {exc}", EXIT_USER_ERROR)
     except interrupts.StageInterrupted as exc:
@@ -67,7 +78,10 @@ def main(stage: str, run: Callable[[StageContext], object], argv: list[str] | No
 
 
 def _exit(stage: str, message: str, code: int) -> None:
-    """Report a failed stage; under DVC, first put back the outputs DVC removed before running it."""
+    """Report a failed stage; under DVC, first put back the outputs DVC removed before running it. With
+    several training processes, rank 0 reports for all."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        sys.exit(code)
     print(message, file=sys.stderr)
     restored, missing = restore_previous(stage)
     if restored:

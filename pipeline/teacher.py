@@ -23,10 +23,11 @@ from torch import nn
 
 from pipeline import datasets, layout, runner, teachers, tracking
 from pipeline.data import Split, load_splits
+from pipeline.evaluation import accuracy, predict_logits
 from pipeline.loss_set import LossSet
 from pipeline.params import Params, TeacherSource
 from pipeline.runner import StageContext
-from pipeline.training import Runtime, accuracy, predict_logits
+from pipeline.training import Runtime
 from pipeline.variants import Fitted, StageTraining, Variant, check_later_stages, init_variant, split_digest
 
 

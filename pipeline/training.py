@@ -14,21 +14,23 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import signal
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline import interrupts
+from pipeline import distributed, interrupts
 from pipeline.atomic import write_with
 from pipeline.data import Split, to_float
+from pipeline.distributed import SINGLE, Group
 from pipeline.errors import DistillopsError
+from pipeline.evaluation import accuracy, autocast, predict_logits
 from pipeline.loss_set import LossSet, feature_taps
 from pipeline.offline_copies import AugmentedCopies
 from pipeline.params import RuntimeParams, TrainParams
@@ -36,14 +38,21 @@ from pipeline.protocols import LossInputs
 from pipeline.selection import Plugin
 
 
-def resolve_device(runtime: RuntimeParams) -> torch.device:
+def resolve_device(runtime: RuntimeParams, group: Group = SINGLE) -> torch.device:
     if runtime.device == "cuda" and not torch.cuda.is_available():
         raise DistillopsError(
             "runtime.device is 'cuda' but no CUDA device is available; set it to 'auto' or 'cpu'."
         )
+    kind = ("cuda" if torch.cuda.is_available() else "cpu") if runtime.device == "auto" else runtime.device
+    if kind == "cuda" and group.distributed:  # one GPU per process of this machine
+        return torch.device("cuda", group.local_rank)
+    return torch.device(kind)
+
+
+def device_kind(runtime: RuntimeParams) -> str:
     if runtime.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(runtime.device)
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return runtime.device
 
 
 def setup_runtime(runtime: RuntimeParams, seed: int) -> torch.device:
@@ -53,7 +62,10 @@ def setup_runtime(runtime: RuntimeParams, seed: int) -> torch.device:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
     torch.manual_seed(seed)
-    return resolve_device(runtime)
+    return resolve_device(runtime, distributed.from_environment(device_kind(runtime)))
+
+
+AMP_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -66,46 +78,44 @@ class Runtime:
     channels_last: bool = False
     progress: bool = True
     eval_batch_size: int = 256
+    precision: str = "fp32"  # fp32, or bf16 / fp16 autocast
+    compile: bool = False  # torch.compile the models' forward
+    group: Group = SINGLE  # the training processes (one, or torchrun's)
 
     @classmethod
     def from_params(cls, runtime: RuntimeParams, seed: int, num_classes: int) -> Runtime:
+        device = setup_runtime(runtime, seed)
+        group = distributed.current()
+        if runtime.precision == "fp16" and device.type == "cpu":
+            print(
+                "[runtime] note: fp16 autocast on the CPU is slow on most CPUs; bf16 is the CPU's half type"
+            )
         return cls(
-            setup_runtime(runtime, seed),
+            device,
             seed,
             num_classes,
             runtime.channels_last,
-            runtime.progress,
+            runtime.progress and group.is_main,
             runtime.eval_batch_size,
+            runtime.precision,
+            runtime.compile,
+            group,
         )
 
     @property
     def memory_format(self) -> torch.memory_format:
         return torch.channels_last if self.channels_last else torch.contiguous_format
 
+    @property
+    def amp_dtype(self) -> torch.dtype | None:
+        return AMP_DTYPES[self.precision]
 
-@torch.no_grad()
-def predict_logits(
-    model: nn.Module,
-    x: torch.Tensor,
-    device: torch.device,
-    batch_size: int = 256,
-    memory_format: torch.memory_format = torch.contiguous_format,
-) -> torch.Tensor:
-    """Logits for uint8 images ``x`` (on any device), in eval mode; returned on the CPU."""
-    was_training = model.training
-    model.eval()
-    out = [
-        model(to_float(x[i : i + batch_size].to(device)).contiguous(memory_format=memory_format))
-        .float()
-        .cpu()
-        for i in range(0, len(x), batch_size)
-    ]
-    model.train(was_training)
-    return torch.cat(out) if out else torch.empty(0)
-
-
-def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    return float((logits.argmax(1) == labels).float().mean()) if len(labels) else float("nan")
+    def predict(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Logits of ``model`` for uint8 images ``x``, on the CPU, computed as this runtime says (device,
+        batch, memory format, precision; shared among the training processes)."""
+        return predict_logits(
+            model, x, self.device, self.eval_batch_size, self.memory_format, self.amp_dtype, self.group
+        )
 
 
 def _epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -240,12 +250,27 @@ class Trainer:
         self.losses.check_teacher(self.teacher is not None)
         self.device = self.runtime.device
         self.memory_format = self.runtime.memory_format
+        self.group = self.runtime.group
+        if self.group.distributed and self.device.type == "cuda":
+            # BatchNorm statistics over the global batch; on the CPU (gloo) each process normalises its
+            # own share of the batch, and rank 0's running statistics are the ones kept
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.model.to(self.device, memory_format=self.memory_format)
         self.losses.modules.to(self.device)
         if self.teacher is not None:
             self.teacher.to(self.device, memory_format=self.memory_format).eval()
             for p in self.teacher.parameters():
                 p.requires_grad_(False)
+        # what runs the forward passes of training: the model itself, or its DDP and compiled wrappers
+        self.net: nn.Module = self.model
+        self.teacher_net: nn.Module | None = self.teacher
+        self.compiled = self.runtime.compile and not (self.losses.student_taps or self.losses.teacher_taps)
+        if self.runtime.compile and not self.compiled:
+            print(f"[{self.stage}] runtime.compile: not compiling: feature losses tap layers of the models")
+        if self.compiled and self.teacher is not None:
+            self.teacher_net = torch.compile(self.teacher)
+        amp = self.runtime.amp_dtype
+        self.scaler = torch.amp.GradScaler(self.device.type) if amp == torch.float16 else None
         # fixed inputs (no online augmentation, no teacher features): one teacher pass per training view
         # serves every epoch that uses it
         self.cache_teacher = self.teacher is not None and not self.augmenters and not self.losses.teacher_taps
@@ -274,7 +299,7 @@ class Trainer:
                 if self.on_epoch is not None:
                     self.on_epoch(epoch + 1, metrics)
                 self._save(run)
-                interrupts.check()
+                self._check_interrupt()
         if self.cache_teacher:
             views = len(run.views)
             print(
@@ -286,6 +311,13 @@ class Trainer:
     @property
     def _label(self) -> str:
         return f"{self.label} " if self.label else ""
+
+    def _check_interrupt(self) -> None:
+        """Raise a recorded signal; with several processes, on every one as soon as one has it."""
+        if not self.group.distributed:
+            interrupts.check()
+        elif self.group.any(interrupts.pending() is not None):
+            interrupts.raise_pending(default=signal.SIGTERM)
 
     # --- the parts of fit ----------------------------------------------------------------------------
     def _start(self, train: Split) -> _Fit:
@@ -309,11 +341,13 @@ class Trainer:
             views = [(x.to(self.device), t.to(self.device)) for x, t in views]
         self.teacher_passes = 0
         self._teacher_cache.clear()
+        # each process draws its own augmentations (rank 0 the single process's)
+        aug_seed = self.runtime.seed + 1_000_003 * self.group.rank
         return _Fit(
             views,
             opt,
             _make_scheduler(opt, self.cfg, steps),
-            torch.Generator(device=self.device).manual_seed(self.runtime.seed),
+            torch.Generator(device=self.device).manual_seed(aug_seed),
             checkpoint,
         )
 
@@ -343,6 +377,7 @@ class Trainer:
                 if self.teacher
                 else "",
                 "data": digest(t for view in views for t in view),
+                **({"processes": self.group.world} if self.group.distributed else {}),
             }
         )
 
@@ -382,7 +417,11 @@ class Trainer:
         )
 
     def _save(self, run: _Fit) -> None:
+        """Checkpoint (rank 0 writes it, with every process's augmentation generator)."""
         if run.checkpoint is None:
+            return
+        aug_states = self.group.gather_objects(run.g.get_state()) if self.group.distributed else None
+        if not self.group.is_main:
             return
         run.checkpoint.save(
             {
@@ -397,6 +436,8 @@ class Trainer:
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                 "history": json.dumps(run.progress.history),
                 "acc": json.dumps(run.progress.sums),
+                **({"aug_rng_ranks": aug_states} if aug_states is not None else {}),
+                **({"scaler": self.scaler.state_dict()} if self.scaler is not None else {}),
             }
         )
 
@@ -409,7 +450,11 @@ class Trainer:
         self.losses.modules.load_state_dict(state["loss_modules"])
         run.opt.load_state_dict(state["optimizer"])
         run.sched.load_state_dict(state["scheduler"])
-        run.g.set_state(state["aug_rng"])
+        run.g.set_state(
+            state["aug_rng_ranks"][self.group.rank] if self.group.distributed else state["aug_rng"]
+        )
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"]:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -427,9 +472,7 @@ class Trainer:
         if not self.cache_teacher:
             return None
         if index not in self._teacher_cache:
-            self._teacher_cache[index] = predict_logits(
-                self.teacher, view[0], self.device, self.runtime.eval_batch_size, self.memory_format
-            ).to(self.device)
+            self._teacher_cache[index] = self.runtime.predict(self.teacher, view[0]).to(self.device)
             self.teacher_passes += 1
         return self._teacher_cache[index]
 
@@ -439,6 +482,7 @@ class Trainer:
         self.model.train()
         if self.before_epoch is not None:
             self.before_epoch(self.model, epoch)
+        self.net = self._training_net()
         cfg, progress = self.cfg, run.progress
         index = epoch % len(run.views)
         x_all, t_all = run.views[index]
@@ -454,9 +498,13 @@ class Trainer:
             f"{self.stage} {self.label} epoch {epoch + 1}/{cfg.epochs}".replace("  ", " "),
         )
         for step in range(progress.step, batches):
-            idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            readings, correct, labelled = self._step(run, x_all[idx], t_all[idx], idx, cached)
-            b = len(idx)
+            # the global batch; each process trains on its share (all of it with one process)
+            batch = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            if len(batch) < self.group.world:  # a last batch too small to share: every process skips it
+                continue
+            idx = self.group.batch_share(batch)
+            readings, correct, labelled, stop = self._step(run, x_all[idx], t_all[idx], idx, cached)
+            b = len(batch)
             sums["loss"] += readings[0] * b
             sums["correct"] += int(correct)
             sums["seen"] += b
@@ -464,7 +512,7 @@ class Trainer:
             for name, value in zip(names, readings[1:], strict=True):
                 sums[name] = sums.get(name, 0.0) + value * b
             bar.update(1)
-            if interrupts.pending() is not None:
+            if stop:
                 bar.close()
                 progress.step = step + 1
                 self._save(run)
@@ -472,14 +520,29 @@ class Trainer:
                     f"[{self.stage}] interrupted: checkpoint saved at epoch {epoch + 1}, "
                     f"batch {step + 1} -> {self.checkpoint}"
                 )
-                interrupts.check()
+                interrupts.raise_pending(default=signal.SIGTERM)
         bar.close()
+
+    def _training_net(self) -> nn.Module:
+        """The module the training steps call: the model, wrapped for several processes (rebuilt each
+        epoch, after ``before_epoch`` may have frozen or unfrozen layers, since DistributedDataParallel
+        synchronises the gradients of the parameters trainable when it is built) and compiled."""
+        net: nn.Module = self.model
+        if self.group.distributed:
+            net = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        if self.compiled:
+            if self.group.distributed or not isinstance(self.net, torch._dynamo.eval_frame.OptimizedModule):
+                net = torch.compile(net)
+            else:
+                net = self.net  # compiled once; recompiles by itself if layers are frozen
+        return net
 
     def _validate(self, run: _Fit, val: Split) -> dict[str, float]:
         """The epoch's metrics: training sums turned into means, plus loss and accuracy on ``val``."""
-        logits = predict_logits(
-            self.model, torch.from_numpy(val.x), self.device, self.runtime.eval_batch_size, self.memory_format
-        )
+        self.group.broadcast_buffers(self.model)  # every process evaluates (and rank 0 saves) one model
+        logits = self.runtime.predict(self.model, torch.from_numpy(val.x))
         labels = torch.from_numpy(val.y)
         sums = run.progress.sums
         seen = max(sums["seen"], 1)
@@ -504,17 +567,24 @@ class Trainer:
         batch of float images; unlabelled rows (all-zero targets) count for neither."""
         labels = targets.argmax(1)
         labelled = targets.sum(1) > 0 if self._mixes_unlabelled else None
+        amp = self.runtime.amp_dtype
         with (
             feature_taps(self.teacher, self.losses.teacher_taps) as t_feats,
             feature_taps(self.model, self.losses.student_taps) as s_feats,
         ):
             t_logits = None
-            if cached is not None:
-                t_logits = cached[idx]
-            elif self.teacher is not None:
-                with torch.no_grad():
-                    t_logits = self.teacher(x)
-            logits = self.model(x)
+            with autocast(self.device, amp):
+                if cached is not None:
+                    t_logits = cached[idx]
+                elif self.teacher_net is not None:
+                    with torch.no_grad():
+                        t_logits = self.teacher_net(x)
+                logits = self.net(x)
+            if amp is not None:  # the losses see float32, whatever precision the models ran in
+                logits = logits.float()
+                t_logits = t_logits.float() if t_logits is not None else None
+                s_feats = {k: v.float() for k, v in s_feats.items()}
+                t_feats = {k: v.float() for k, v in t_feats.items()}
             inputs = LossInputs(logits, t_logits, targets, labels, s_feats, t_feats, labelled)
             total, terms = self.losses(inputs)
         hits = logits.argmax(1) == labels
@@ -524,27 +594,68 @@ class Trainer:
 
     def _step(
         self, run: _Fit, xb: torch.Tensor, tb: torch.Tensor, idx: torch.Tensor, cached: torch.Tensor | None
-    ) -> tuple[list[float], float, float | None]:
-        """One update; returns ``[total loss, term 1, ...]``, the correct predictions and the labelled
-        rows (None: all), on the host."""
+    ) -> tuple[list[float], float, float | None, bool]:
+        """One update; returns ``[total loss, term 1, ...]``, the correct predictions, the labelled rows
+        (None: all), all on the host and over every process's share of the batch, and whether to stop
+        here for a signal."""
         x = to_float(xb.to(self.device, non_blocking=True)).contiguous(memory_format=self.memory_format)
         targets = tb.to(self.device, non_blocking=True)
         for aug in self.augmenters:
             x, targets = aug(x, targets, run.g)
         total, terms, correct, labelled = self._forward(x, targets, cached, idx)
         run.opt.zero_grad(set_to_none=True)
-        total.backward()
-        # the step's one host sync: the loss readings (for the guard and the running metrics) and the
-        # counts of correct predictions (and labelled rows), read back together
-        counts = [correct] if labelled is None else [correct, labelled]
-        host = torch.stack(
-            [total.detach(), *(t.detach() for t in terms), *(c.to(total.dtype) for c in counts)]
-        ).tolist()
-        readings = host[: len(terms) + 1]
+        if self.scaler is not None:
+            self.scaler.scale(total).backward()
+        else:
+            total.backward()
+        if self.group.distributed:
+            readings, correct_n, labelled_n, stop = self._reduce(total, terms, correct, labelled, len(idx))
+        else:
+            # the step's one host sync: the loss readings (for the guard and the running metrics) and the
+            # counts of correct predictions (and labelled rows), read back together
+            counts = [correct] if labelled is None else [correct, labelled]
+            host = torch.stack(
+                [total.detach(), *(t.detach() for t in terms), *(c.to(total.dtype) for c in counts)]
+            ).tolist()
+            readings = host[: len(terms) + 1]
+            correct_n, labelled_n = host[len(terms) + 1], None if labelled is None else host[-1]
+            stop = interrupts.pending() is not None
         self.losses.guard(readings)
-        run.opt.step()
+        if self.scaler is not None:
+            self.scaler.step(run.opt)
+            self.scaler.update()
+        else:
+            run.opt.step()
         run.sched.step()
-        return readings, host[len(terms) + 1], None if labelled is None else host[-1]
+        return readings, correct_n, labelled_n, stop
+
+    def _reduce(
+        self,
+        total: torch.Tensor,
+        terms: list[torch.Tensor],
+        correct: torch.Tensor,
+        labelled: torch.Tensor | None,
+        rows: int,
+    ) -> tuple[list[float], float, float | None, bool]:
+        """With several processes: the step's readings over the whole global batch, the same on every
+        process (so the non-finite guard and a signal stop all of them at the same step), and the
+        gradients of trainable loss modules averaged (DDP averages the model's)."""
+        for p in self.losses.modules.parameters():
+            if p.grad is not None:
+                p.grad.copy_(self.group.sum(p.grad) / self.group.world)
+        local = torch.stack(
+            [
+                *(t.detach().float() * rows for t in (total, *terms)),
+                correct.float(),
+                (labelled if labelled is not None else torch.tensor(rows)).float().to(total.device),
+                torch.tensor(float(rows), device=total.device),
+                torch.tensor(float(interrupts.pending() is not None), device=total.device),
+            ]
+        )
+        host = self.group.sum(local).tolist()
+        *weighted, correct_n, labelled_n, seen, pending = host
+        readings = [v / seen for v in weighted]
+        return readings, correct_n, None if labelled is None else labelled_n, pending > 0
 
 
 class _NoBar:
@@ -572,7 +683,3 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.6g}"
     return str(v)
-
-
-def confusion_matrix(labels: np.ndarray, preds: np.ndarray, k: int) -> np.ndarray:
-    return np.bincount(labels * k + preds, minlength=k * k).reshape(k, k)

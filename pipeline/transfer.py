@@ -26,7 +26,7 @@ from pathlib import Path
 
 from torch import nn
 
-from pipeline import datasets, layout, runner, teachers, tracking
+from pipeline import datasets, distributed, layout, runner, teachers, tracking
 from pipeline.atomic import read_json, write_json
 from pipeline.data import DataFormat, Split, load_splits
 from pipeline.errors import DistillopsError
@@ -112,9 +112,10 @@ class CopyFrom:
         cfg = self.params.transfer
         head = find_head(model, cfg.head)
         self.report = transfer_weights(self.source, model, head)
-        write_json(
-            self.out / "transfer.json", {"source": self.source_name, "head": list(head), **self.report}
-        )
+        if distributed.current().is_main:
+            write_json(
+                self.out / "transfer.json", {"source": self.source_name, "head": list(head), **self.report}
+            )
         print(
             f"[transfer] copied {len(self.report['copied'])} tensors from the {self.source_name}; "
             f"head {list(head)} starts fresh ({len(self.report['fresh'])} tensors)"

@@ -24,6 +24,7 @@ from pipeline import datasets, layout
 from pipeline.atomic import write_text
 from pipeline.data import DataFormat, Split, load_splits, take
 from pipeline.errors import ParamsError
+from pipeline.evaluation import accuracy
 from pipeline.loss_set import LossSet
 from pipeline.modelio import save_model, save_weights
 from pipeline.offline_copies import AugmentedCopies, load
@@ -31,7 +32,7 @@ from pipeline.params import InitParams, Params, TrainParams, WarmStart
 from pipeline.protocols import teacher_taps
 from pipeline.selection import Plugin, Selected, Selections, plugin_tags
 from pipeline.tracking import Tracker
-from pipeline.training import Runtime, Trainer, TrainResult, accuracy, history_csv, predict_logits
+from pipeline.training import Runtime, Trainer, TrainResult, history_csv
 from pipeline.weights import apply_init
 
 
@@ -232,23 +233,19 @@ class StageTraining:
         trackers[-1].log_metrics({"parameters": sum(p.numel() for p in model.parameters())})
         result = trainer.fit(self._train_set(variant), self.splits["val"])
         test = self.splits["test"]
-        logits = predict_logits(
-            model,
-            torch.from_numpy(test.x),
-            self.runtime.device,
-            self.runtime.eval_batch_size,
-            trainer.memory_format,
-        )
+        logits = self.runtime.predict(model, torch.from_numpy(test.x))
         test_acc = accuracy(logits, torch.from_numpy(test.y))
         out = variant.out or layout.model_dir(self.params, variant.name)
-        saved = self._save(out, model, variant, result, test_acc, warm)
-        log({"test_accuracy": test_acc, "train_seconds": result.seconds})
-        for tracker in trackers:
-            for file in saved:
-                tracker.log_artifact(out / file, variant.name)
-        for done in (trainer.checkpoint, warm["checkpoint"] if warm else None):
-            if done is not None:
-                done.unlink(missing_ok=True)
+        if self.runtime.group.is_main:  # with several processes, rank 0 writes the outputs, once
+            saved = self._save(out, model, variant, result, test_acc, warm)
+            log({"test_accuracy": test_acc, "train_seconds": result.seconds})
+            for tracker in trackers:
+                for file in saved:
+                    tracker.log_artifact(out / file, variant.name)
+            for done in (trainer.checkpoint, warm["checkpoint"] if warm else None):
+                if done is not None:
+                    done.unlink(missing_ok=True)
+        self.runtime.group.barrier()  # no process goes on before the outputs are written
         print(
             f"[{self.stage}] {variant.name}: test accuracy {test_acc:.4f} ({result.seconds:.0f} s training)"
         )

@@ -39,6 +39,7 @@ RESULT_NEUTRAL = {
     "pipeline/interrupts.py": "signal handling; a resumed run ends bit-identical to an uninterrupted one",
     "pipeline/errors.py": "exception classes and messages",
     "pipeline/runner.py": "argument parsing, start-up checks and exit codes",
+    "pipeline/launch.py": "starts a stage's training processes; what each computes is pipeline/distributed.py",
     "pipeline/report.py": "the printed summary of a run's results",
     "plugins/__init__.py": "empty package marker",
 }

@@ -388,7 +388,9 @@ def test_second_repro_does_nothing(repro, pipeline_env):
     ("module", "changed"),
     [
         ("pipeline/variants.py", {"teacher", "distill", "transfer"}),  # how a stage trains its models
-        ("pipeline/loss_set.py", {"teacher", "distill", "transfer", "evaluate"}),
+        # loss code: the training stages only; evaluate measures models with pipeline/evaluation.py
+        ("pipeline/loss_set.py", {"teacher", "distill", "transfer"}),
+        ("pipeline/evaluation.py", {"teacher", "distill", "transfer", "evaluate"}),
         # the stages that can run an ONNX teacher, and export and evaluate
         ("pipeline/onnx_model.py", {"teacher", "distill", "transfer", "export", "evaluate"}),
         ("pipeline/tracking.py", set()),  # result-neutral: only what is logged

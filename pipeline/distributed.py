@@ -1,0 +1,138 @@
+"""Data-parallel training under ``torchrun``: the process group, and the few collective operations the
+trainer needs.
+
+``runtime.processes: N`` (N > 1) makes a training stage relaunch itself under torchrun
+(:mod:`pipeline.launch`); a stage started by ``torchrun`` directly (several machines, say) finds its rank
+and world size in the environment torchrun sets. Each process then trains a :class:`torch.nn.parallel.DistributedDataParallel` copy of the model on its share of every
+global batch (gloo on the CPU, nccl on CUDA).
+
+With one process, :data:`SINGLE` stands for the group and every operation here is the identity, so the
+single-process path runs exactly the code it ran before this module existed.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Group:
+    """This process's place among the training processes."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one process that logs to MLflow and writes outputs and checkpoints."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    def shard(self, n: int) -> slice:
+        """This rank's contiguous share of ``n`` rows (sizes differ by at most one row)."""
+        base, extra = divmod(n, self.world)
+        start = self.rank * base + min(self.rank, extra)
+        return slice(start, start + base + (1 if self.rank < extra else 0))
+
+    def batch_share(self, idx: torch.Tensor) -> torch.Tensor:
+        """This rank's rows of one global batch: every ``world``-th row from its rank on, so the global
+        batch, and the order of the epoch, are the same for every number of processes."""
+        return idx[self.rank :: self.world] if self.distributed else idx
+
+    def sum(self, values: torch.Tensor) -> torch.Tensor:
+        """Element-wise sum over the ranks (in float64 on the CPU for gloo; returned on the input's
+        device and dtype)."""
+        if not self.distributed:
+            return values
+        buf = values.detach().to(_collective_device(), torch.float64)
+        dist.all_reduce(buf)
+        return buf.to(values.device, values.dtype)
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank when it is true on any."""
+        if not self.distributed:
+            return flag
+        return bool(self.sum(torch.tensor([float(flag)])).item() > 0)
+
+    def gather_rows(self, part: torch.Tensor, n: int) -> torch.Tensor:
+        """The ``n`` rows of which each rank holds its :meth:`shard`, in order, on every rank."""
+        if not self.distributed:
+            return part
+        sizes = [self._shard_size(n, r) for r in range(self.world)]
+        width = max(sizes)
+        padded = torch.zeros((width, *part.shape[1:]), dtype=part.dtype, device=_collective_device())
+        padded[: len(part)] = part.to(padded.device)
+        parts = [torch.empty_like(padded) for _ in range(self.world)]
+        dist.all_gather(parts, padded)
+        return torch.cat([p[:s] for p, s in zip(parts, sizes, strict=True)]).to(part.device)
+
+    def _shard_size(self, n: int, rank: int) -> int:
+        base, extra = divmod(n, self.world)
+        return base + (1 if rank < extra else 0)
+
+    def gather_objects(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj``, in rank order, on every rank."""
+        if not self.distributed:
+            return [obj]
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    def broadcast_buffers(self, module: torch.nn.Module) -> None:
+        """Give every rank rank 0's buffers (BatchNorm running statistics), so evaluation on any rank, and
+        the model rank 0 saves, agree."""
+        if not self.distributed:
+            return
+        for buf in module.buffers():
+            dist.broadcast(buf.data, 0)
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+
+SINGLE = Group()
+_current: dict[str, Group] = {"group": SINGLE}
+
+
+def current() -> Group:
+    return _current["group"]
+
+
+def _collective_device() -> torch.device:
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def from_environment(device_kind: str) -> Group:
+    """The group torchrun's environment describes (initialised once per process), or :data:`SINGLE`.
+
+    ``device_kind`` is where the models train: ``cuda`` uses nccl and one GPU per local rank, anything
+    else gloo."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return SINGLE
+    if _current["group"].distributed:
+        return _current["group"]
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    backend = "nccl" if device_kind == "cuda" else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
+    group = Group(rank, world, local_rank)
+    _current["group"] = group
+    if rank != 0:  # one copy of the stage's report: rank 0's (errors still reach stderr)
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
+    return group
