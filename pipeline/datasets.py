@@ -11,12 +11,12 @@ import dataclasses
 
 import numpy as np
 
-from pipeline import data, layout
-from pipeline.atomic import read_json
+from pipeline import data
 from pipeline.errors import DataError, DistillopsError, PluginError
 from pipeline.params import Params
 from pipeline.protocols import ImageDataset
 from pipeline.selection import Selected
+from pipeline.stage_outputs import PreparedSummary
 
 
 def load(selected: Selected) -> ImageDataset:
@@ -102,16 +102,7 @@ def target_format(source: data.DataFormat, dataset: ImageDataset) -> data.DataFo
 
 def format_of(params: Params, task: str) -> data.DataFormat:
     """The format ``prepare`` recorded for ``task`` (``source`` or ``target``) in ``summary.json``."""
-    file = layout.prepared(params, layout.SUMMARY_FILE)
-    if not file.exists():
-        raise DataError(f"{file} does not exist; run the prepare stage first (dvc repro prepare).")
-    summary = read_json(file)
-    if "format" not in summary.get(task, {}):
-        raise DataError(
-            f"{file} has no data format for the {task} task (written by an older version); run the "
-            f"prepare stage again (dvc repro -f prepare)."
-        )
-    return data.DataFormat.from_json(summary[task]["format"])
+    return PreparedSummary.read(params).task(task).format
 
 
 def as_split(dataset: ImageDataset, name: str) -> data.Split:

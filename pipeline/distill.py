@@ -141,7 +141,7 @@ def run(ctx: StageContext) -> dict[str, Fitted]:
     with tracking.stage_run("distill", params, ctx.params_file, training.tags(variants)) as tracker:
         fitted = training.run(tracker, variants)
         student, alone = fitted["student"].test_accuracy, fitted["student_alone"].test_accuracy
-        tracker.log_metrics({"distill_gain": student - alone})
+        tracker.log_metrics({layout.DISTILL_GAIN: student - alone})
         if training.runtime.group.is_main:
             write_json(
                 layout.model_dir(params, "student") / "gain.json",

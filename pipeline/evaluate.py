@@ -26,6 +26,7 @@ from pipeline.modelio import load_model
 from pipeline.onnx_model import INPUT_NAME, OUTPUT_NAME, onnx_predict, ort_session
 from pipeline.params import Params
 from pipeline.runner import StageContext
+from pipeline.stage_outputs import Parity, PreparedSummary, read_history
 
 
 def time_ms(fn: Callable[[], Any], warmup: int, repeats: int) -> dict[str, float]:
@@ -166,7 +167,9 @@ def _figures(
 
     fig_curves, ax = plt.subplots(figsize=(6, 4))
     for name, history in curves.items():
-        ax.plot([r["epoch"] for r in history], [r["val_accuracy"] for r in history], marker="o", label=name)
+        ax.plot(
+            [r["epoch"] for r in history], [r[layout.VAL_ACCURACY] for r in history], marker="o", label=name
+        )
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy")
     ax.legend()
@@ -192,14 +195,6 @@ def _figures(
     for name, fig in figs.items():
         fig.savefig(out / name, dpi=120)
     return figs
-
-
-def _read_history(path: Path) -> list[dict[str, float]]:
-    lines = path.read_text().strip().splitlines()
-    keys = lines[0].split(",")
-    return [
-        {k: float(v) for k, v in zip(keys, line.split(","), strict=True) if v != ""} for line in lines[1:]
-    ]
 
 
 # metrics prefix -> the model's name (its paths.* folder) and the prepared file of its test split
@@ -377,12 +372,12 @@ def _plots(
     plots = Path(params.paths.plots)
     plots.mkdir(parents=True, exist_ok=True)
     source, target = tests[layout.SOURCE_FILE], tests[layout.TARGET_FILE]
-    summary = read_json(layout.prepared(params, layout.SUMMARY_FILE))  # the class names of each task
-    source_classes, target_classes = tuple(summary["source"]["classes"]), tuple(summary["target"]["classes"])
+    summary = PreparedSummary.read(params)  # the class names of each task
+    source_classes, target_classes = summary.source.classes, summary.target.classes
     _confusion_csv(plots / "confusion.csv", source_classes, source.y, preds["student"])
     _confusion_csv(plots / "transfer_confusion.csv", target_classes, target.y, preds["transfer"])
     curves = {  # an imported teacher trained here for no epochs: it has no curve
-        name: _read_history(path)
+        name: read_history(path)
         for name, (model_name, _file) in EVALUATED.items()
         if (path := layout.model_dir(params, model_name) / layout.HISTORY).exists()
     }
@@ -401,11 +396,11 @@ def _plots(
     tracker.log_artifact(plots / "confusion.csv", "plots")
 
 
-def _log_to_logged_models(exported: dict[str, Any], metrics: dict[str, float], tracker: Any) -> None:
+def _log_to_logged_models(exported: Parity, metrics: dict[str, float], tracker: Any) -> None:
     """Each exported model's accuracy (ONNX Runtime, test split), file size, batch-1 latency (where
     measured) and parameters, logged against the MLflow logged model export made of it (``exported``:
     export's ``parity.json``)."""
-    for model_name, model_id in exported.get("logged_models", {}).items():
+    for model_name, model_id in exported.logged_models.items():
         prefix = "transfer" if model_name == "transferred" else model_name  # the metrics prefix
         found = {
             "accuracy": metrics.get(f"{prefix}.onnx_accuracy"),
@@ -417,14 +412,14 @@ def _log_to_logged_models(exported: dict[str, Any], metrics: dict[str, float], t
 
 
 def _registry_decision(
-    params: Params, exported: dict[str, Any], metrics: dict[str, float], tracker: Any
+    params: Params, exported: Parity, metrics: dict[str, float], tracker: Any
 ) -> str | None:
     """Record this execution's measurements on the student version export registered, and move the
     'champion' alias to it when it wins (``pipeline.model_registry``); the decision, in words."""
-    registered = exported.get("registered")
-    if not tracker.active or not registered:
+    registered = exported.registered
+    if not tracker.active or registered is None:
         return None
-    name, version = registered["name"], str(registered["version"])
+    name, version = registered
     source = params.teacher.source
     teacher = params.teacher.model.describe() if source.trains else f"{source.describe()} (imported)"
     shape = datasets.format_of(params, "source").shape
@@ -487,8 +482,7 @@ def run(ctx: StageContext) -> dict[str, float]:
             metrics["student.latency_ms.torch_b1"] / metrics["student.latency_ms.onnx_b1"]
         )
         _plots(params, tests, preds, metrics, tracker)
-        parity_file = layout.onnx_file(params, "student").parent / layout.PARITY_FILE
-        exported = read_json(parity_file) if parity_file.is_file() else {}  # what export logged, registered
+        exported = Parity.read(params)  # what export logged and registered
         _log_to_logged_models(exported, metrics, tracker)
         decision = _registry_decision(params, exported, metrics, tracker)
         metrics_file = Path(params.paths.metrics)

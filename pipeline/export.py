@@ -25,13 +25,14 @@ from pipeline.data import Split, load_splits
 from pipeline.modelio import load_model
 from pipeline.onnx_model import check_parity, export_onnx, finish, quantize_int8
 from pipeline.runner import StageContext
+from pipeline.stage_outputs import PreparedSummary, parity_file
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
     params = ctx.params
     data = {f: load_splits(layout.prepared(params, f)) for f in (layout.SOURCE_FILE, layout.TARGET_FILE)}
     report: dict[str, Any] = {}
-    summary = read_json(layout.prepared(params, layout.SUMMARY_FILE))  # the class names of each task
+    summary = PreparedSummary.read(params)  # the class names of each task
     with tracking.stage_run("export", params, ctx.params_file) as tracker:
         teacher_meta = read_json(layout.model_dir(params, "teacher") / layout.META)
         exported = dict(layout.EXPORTED)
@@ -47,7 +48,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             model, _meta = load_model(layout.model_dir(params, name), "cpu")
             test: Split = data[data_file]["test"]
             example = torch.from_numpy(test.x[:2].astype(np.float32) / 255.0)
-            classes = summary["source" if data_file == layout.SOURCE_FILE else "target"]["classes"]
+            classes = summary.task("source" if data_file == layout.SOURCE_FILE else "target").classes
             path = export_onnx(model, layout.onnx_file(params, name), example, params.export.opset, classes)
             parity = check_parity(model, path, test.x, params.export.parity_batches, params.export.atol)
             report[name] = {"file": path.name, "bytes": path.stat().st_size, "parity": parity}
@@ -62,7 +63,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             q = quantize_int8(
                 layout.onnx_file(params, "student"), layout.onnx_file(params, layout.INT8), calib
             )
-            finish(q, summary["source"]["classes"])  # quantisation drops the metadata
+            finish(q, summary.source.classes)  # quantisation drops the metadata
             report[layout.INT8] = {"file": q.name, "bytes": q.stat().st_size}
             tracker.log_metrics({f"{layout.INT8}.onnx_bytes": q.stat().st_size})
             print(f"[export] {layout.INT8}: {q} ({q.stat().st_size} bytes)")
@@ -79,7 +80,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
                 layout.onnx_file(params, model_name),
                 f"{model_name}_onnx",
                 example,
-                len(summary[task]["classes"]),
+                len(summary.task(task).classes),
                 registered,
             )
             if info is not None:
@@ -98,9 +99,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
             print(
                 f"[export] registered {name} version {version} in MLflow, alias '{model_registry.CANDIDATE}'"
             )
-        parity_file = layout.onnx_file(params, "student").parent / layout.PARITY_FILE
-        write_json(parity_file, report)
-        tracker.log_artifact(parity_file)
+        write_json(parity_file(params), report)
+        tracker.log_artifact(parity_file(params))
     return report
 
 

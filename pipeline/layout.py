@@ -32,6 +32,20 @@ EXPORTED = {
 INT8 = "student_int8"
 PARITY_FILE = "parity.json"
 
+# The metrics of a trained model, as its history.csv columns and its MLflow metrics: per epoch ...
+TRAIN_LOSS = "train_loss"  # the weighted loss, mean over the epoch's training rows
+TRAIN_ACCURACY = "train_accuracy"  # over the labelled training rows
+VAL_LOSS = "val_loss"  # cross-entropy on the validation split
+VAL_ACCURACY = "val_accuracy"
+LR = "lr"  # the first parameter group's learning rate at the end of the epoch
+LOSS_TERM = "loss_{}"  # each loss plugin's own term, e.g. loss_kd
+# ... and once it is trained
+TEST_ACCURACY = "test_accuracy"
+TRAIN_SECONDS = "train_seconds"
+PARAMETERS = "parameters"
+DISTILL_GAIN = "distill_gain"  # distilled student - student alone, test accuracy
+TRANSFER_GAIN = "transfer_gain"  # transferred - scratch, test accuracy on the target task
+
 
 def model_dir(params: Params, name: str) -> Path:
     if name not in MODELS:

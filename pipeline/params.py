@@ -14,6 +14,7 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,57 @@ import yaml
 from pipeline.errors import ParamsError
 
 DEFAULT_PARAMS_FILE = "params.yaml"
+
+
+# The settings that take one of a few words. Members are strings (``Optimizer.SGD == "sgd"``); the parser
+# refuses any other word, naming the key and the accepted ones.
+class Device(StrEnum):
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+class Precision(StrEnum):
+    FP32 = "fp32"
+    BF16 = "bf16"
+    FP16 = "fp16"
+
+
+class AugmentMode(StrEnum):
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+
+class Optimizer(StrEnum):
+    ADAMW = "adamw"
+    SGD = "sgd"
+
+
+class Schedule(StrEnum):
+    ONECYCLE = "onecycle"
+    COSINE = "cosine"
+    CONSTANT = "constant"
+
+
+class Procedure(StrEnum):
+    JOINT = "joint"
+    SCORED = "scored"
+
+
+class ScoredTargets(StrEnum):
+    HARD = "hard"
+    SOFT = "soft"
+
+
+class TransferVariant(StrEnum):
+    FINETUNE = "finetune"
+    LINEAR_PROBE = "linear_probe"
+    GRADUAL = "gradual"
+
+
+class TransferOrder(StrEnum):
+    DISTIL_THEN_TRANSFER = "distil_then_transfer"
+    TRANSFER_THEN_DISTIL = "transfer_then_distil"
 
 
 @dataclass(frozen=True)
@@ -81,13 +133,13 @@ class TargetParams:
 @dataclass(frozen=True)
 class AugmentParams:
     ops: tuple[PluginSpec, ...]
-    mode: str
+    mode: AugmentMode
     copies: int
 
 
 @dataclass(frozen=True)
 class RuntimeParams:
-    device: str
+    device: Device
     threads: int | None
     deterministic: bool
     channels_last: bool
@@ -96,7 +148,7 @@ class RuntimeParams:
     # how the training stages (teacher, distill, transfer) run; the defaults are the single-process,
     # float32, eager path, so a params.yaml written before these keys existed runs as it did
     processes: int = 1  # more than 1: torchrun with that many DistributedDataParallel processes
-    precision: str = "fp32"  # fp32, or bf16 / fp16 autocast
+    precision: Precision = Precision.FP32  # or bf16 / fp16 autocast
     compile: bool = False  # torch.compile the models' forward
 
 
@@ -106,10 +158,10 @@ class TrainParams:
 
     epochs: int
     batch_size: int
-    optimizer: str
+    optimizer: Optimizer
     lr: float
     weight_decay: float
-    schedule: str
+    schedule: Schedule
     augment: bool
 
 
@@ -203,8 +255,8 @@ class DistillParams(TrainParams):
     baseline_losses: tuple[LossSpec, ...]
     warm_start: WarmStart | None
     exclude_classes: tuple[int, ...]
-    procedure: str
-    scored_targets: str
+    procedure: Procedure
+    scored_targets: ScoredTargets
 
 
 @dataclass(frozen=True)
@@ -212,8 +264,8 @@ class TransferParams(TrainParams):
     losses: tuple[LossSpec, ...]
     head: tuple[str, ...]
     body_lr_scale: float
-    variant: str
-    order: str
+    variant: TransferVariant
+    order: TransferOrder
 
 
 @dataclass(frozen=True)
@@ -257,20 +309,6 @@ class Params:
     export: ExportParams
     evaluate: EvaluateParams
     mlflow: MlflowParams
-
-
-_CHOICES: dict[str, tuple[str, ...]] = {
-    "runtime.device": ("auto", "cpu", "cuda"),
-    "runtime.precision": ("fp32", "bf16", "fp16"),
-    "augment.mode": ("online", "offline"),
-    "transfer.variant": ("finetune", "linear_probe", "gradual"),
-    "transfer.order": ("distil_then_transfer", "transfer_then_distil"),
-    "distill.procedure": ("joint", "scored"),
-    "distill.scored_targets": ("hard", "soft"),
-}
-for _stage in ("teacher", "distill", "transfer"):
-    _CHOICES[f"{_stage}.optimizer"] = ("adamw", "sgd")
-    _CHOICES[f"{_stage}.schedule"] = ("onecycle", "cosine", "constant")
 
 
 def load_params(path: str | Path = DEFAULT_PARAMS_FILE) -> Params:
@@ -363,6 +401,11 @@ def _convert(tp: Any, value: Any, key: str, source: str) -> Any:
         return _teacher_source(value, key, source)
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, f"{key}.", source)
+    if isinstance(tp, type) and issubclass(tp, Enum):
+        allowed = [m.value for m in tp]
+        if value not in allowed:
+            _fail(source, key, f"{value!r} is not one of: {', '.join(allowed)}")
+        return tp(value)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp is bool and not isinstance(value, bool) or tp is not bool and isinstance(value, bool):
@@ -465,9 +508,6 @@ def _check_input(spec: InputSpec, key: str, source: str) -> None:
 
 def _check_values(p: Params, source: str) -> None:
     flat = flatten(p)
-    for key, allowed in _CHOICES.items():
-        if flat[key] not in allowed:
-            _fail(source, key, f"{flat[key]!r} is not one of: {', '.join(allowed)}")
     positive = [
         "data.val_size",
         "target.test_size",
@@ -560,7 +600,7 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
             ):
                 out.update(flatten(value, f"{prefix}{f.name}."))
             else:
-                out[f"{prefix}{f.name}"] = value
+                out[f"{prefix}{f.name}"] = value.value if isinstance(value, Enum) else value
         return out
     if isinstance(obj, tuple):
         out = {}

@@ -16,7 +16,7 @@ import json
 import math
 import signal
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,15 +25,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline import distributed, interrupts
+from pipeline import batches, distributed, interrupts, layout
 from pipeline.atomic import write_with
+from pipeline.batches import Placement
 from pipeline.data import Split, to_float
 from pipeline.distributed import SINGLE, Group
 from pipeline.errors import DistillopsError
 from pipeline.evaluation import accuracy, autocast, predict_logits
 from pipeline.loss_set import LossSet, feature_taps
 from pipeline.offline_copies import AugmentedCopies
-from pipeline.params import RuntimeParams, TrainParams
+from pipeline.params import Optimizer, RuntimeParams, Schedule, TrainParams
 from pipeline.protocols import LossInputs
 from pipeline.selection import Plugin
 
@@ -118,15 +119,22 @@ class Runtime:
         )
 
 
-def _epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    return torch.randperm(n, generator=g)
+_OPTIMIZERS: dict[Optimizer, Callable[[list[dict[str, Any]], TrainParams], torch.optim.Optimizer]] = {
+    Optimizer.SGD: lambda groups, cfg: torch.optim.SGD(
+        groups, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay
+    ),
+    Optimizer.ADAMW: lambda groups, cfg: torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay),
+}
 
 
 def _make_optimizer(params: list[dict[str, Any]], cfg: TrainParams) -> torch.optim.Optimizer:
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    try:
+        make = _OPTIMIZERS[Optimizer(cfg.optimizer)]
+    except (ValueError, KeyError):
+        raise DistillopsError(
+            f"optimizer {cfg.optimizer!r} is not one of: {', '.join(o.value for o in Optimizer)}"
+        ) from None
+    return make(params, cfg)
 
 
 def _make_scheduler(
@@ -134,11 +142,12 @@ def _make_scheduler(
 ) -> torch.optim.lr_scheduler.LRScheduler:
     """Per-step learning-rate factor: one-cycle (linear warm-up over the first quarter, then cosine
     decay to zero), cosine decay, or constant. Works for any number of steps, even one."""
-    warm = max(1, steps // 4) if cfg.schedule == "onecycle" else 0
+    schedule = Schedule(cfg.schedule)
+    warm = max(1, steps // 4) if schedule is Schedule.ONECYCLE else 0
     decay = max(1, steps - warm)
 
     def factor(step: int) -> float:
-        if cfg.schedule == "constant":
+        if schedule is Schedule.CONSTANT:
             return 1.0
         if step < warm:
             return (step + 1) / warm
@@ -216,7 +225,10 @@ class _Fit:
     sched: Any
     g: torch.Generator  # the augmenters' generator
     checkpoint: CheckpointFile | None
+    where: Placement  # where the training views live (host, device, or streamed to it)
+    mixes_unlabelled: bool  # the training set holds images without labels (all-zero target rows)
     progress: Progress = field(default_factory=Progress)
+    teacher_logits: dict[int, torch.Tensor] = field(default_factory=dict)  # cached, per training view
 
 
 @dataclass
@@ -275,8 +287,6 @@ class Trainer:
         # serves every epoch that uses it
         self.cache_teacher = self.teacher is not None and not self.augmenters and not self.losses.teacher_taps
         self.teacher_passes = 0
-        self._teacher_cache: dict[int, torch.Tensor] = {}
-        self._mixes_unlabelled = False  # set per fit: the training set holds images without labels
 
     # --- the loop --------------------------------------------------------------------------------------
     def fit(self, train: Split, val: Split) -> TrainResult:
@@ -293,7 +303,7 @@ class Trainer:
                 run.progress.epoch, run.progress.step, run.progress.sums = epoch + 1, 0, {}
                 print(
                     f"[{self.stage}] {self._label}epoch {epoch + 1}/{self.cfg.epochs} "
-                    f"train_loss {metrics['train_loss']:.4f} val_accuracy {metrics['val_accuracy']:.4f}",
+                    f"train_loss {metrics[layout.TRAIN_LOSS]:.4f} val_accuracy {metrics[layout.VAL_ACCURACY]:.4f}",
                     flush=True,
                 )
                 if self.on_epoch is not None:
@@ -325,22 +335,25 @@ class Trainer:
         views = self._views(train)
         if len(views[0][1]) == 0:
             raise DistillopsError(f"stage '{self.stage}': the training split is empty")
-        self._mixes_unlabelled = bool((views[0][1].sum(1) == 0).any())
-        if self._mixes_unlabelled and not self.losses.label_free:
+        mixes_unlabelled = bool((views[0][1].sum(1) == 0).any())
+        if mixes_unlabelled and not self.losses.label_free:
             raise DistillopsError(
                 f"stage '{self.stage}': the training set holds unlabelled images, but none of the losses "
                 f"{list(self.losses.names)} can learn from them (e.g. kd or pseudo_label can)"
             )
-        self._materialise_lazy(views[0])
+        self._materialise_lazy(views[0], mixes_unlabelled)
         opt = self._optimizer()
         steps = self.cfg.epochs * math.ceil(len(views[0][1]) / self.cfg.batch_size)
         checkpoint = None
         if self.checkpoint is not None:
             checkpoint = CheckpointFile(self.checkpoint, self._checkpoint_key(views), self.stage)
-        if self.device.type != "cpu":  # on an accelerator the (uint8) training data lives on it
+        nbytes = sum(x.nbytes + t.nbytes for x, t in views)
+        where = batches.placement(nbytes, self.device)
+        if where is not Placement.HOST:
+            print(f"[{self.stage}] {self._label}{batches.describe(where, nbytes, self.device)}")
+        if where is Placement.DEVICE:
             views = [(x.to(self.device), t.to(self.device)) for x, t in views]
         self.teacher_passes = 0
-        self._teacher_cache.clear()
         # each process draws its own augmentations (rank 0 the single process's)
         aug_seed = self.runtime.seed + 1_000_003 * self.group.rank
         return _Fit(
@@ -349,6 +362,8 @@ class Trainer:
             _make_scheduler(opt, self.cfg, steps),
             torch.Generator(device=self.device).manual_seed(aug_seed),
             checkpoint,
+            where,
+            mixes_unlabelled,
         )
 
     def _views(self, train: Split) -> list[View]:
@@ -381,7 +396,7 @@ class Trainer:
             }
         )
 
-    def _materialise_lazy(self, view: View) -> None:
+    def _materialise_lazy(self, view: View, mixes_unlabelled: bool) -> None:
         """Loss modules built from lazy layers (e.g. a FitNets regressor sized from the features it
         sees) get their parameters from one forward pass on two training images, before the optimizer
         is built; the models run in eval mode so no BatchNorm statistics move."""
@@ -394,7 +409,7 @@ class Trainer:
         targets = view[1][:2].to(self.device)
         try:
             with torch.no_grad():
-                self._forward(x, targets, None)
+                self._forward(x, targets, None, mixes_unlabelled=mixes_unlabelled)
         finally:
             for m, was_training in modes:
                 m.train(was_training)
@@ -467,14 +482,16 @@ class Trainer:
         )
         return run.progress.epoch
 
-    def _teacher_logits(self, index: int, view: View) -> torch.Tensor | None:
+    def _teacher_logits(self, run: _Fit, index: int) -> torch.Tensor | None:
         """The cached teacher logits of a training view (computed at its first use), or None."""
         if not self.cache_teacher:
             return None
-        if index not in self._teacher_cache:
-            self._teacher_cache[index] = self.runtime.predict(self.teacher, view[0]).to(self.device)
+        if index not in run.teacher_logits:
+            run.teacher_logits[index] = self.runtime.predict(self.teacher, run.views[index][0]).to(
+                self.device
+            )
             self.teacher_passes += 1
-        return self._teacher_cache[index]
+        return run.teacher_logits[index]
 
     def _run_epoch(self, run: _Fit, epoch: int) -> None:
         """Train one epoch from ``run.progress.step``; on a signal, checkpoint and raise at a step
@@ -486,25 +503,23 @@ class Trainer:
         cfg, progress = self.cfg, run.progress
         index = epoch % len(run.views)
         x_all, t_all = run.views[index]
-        cached = self._teacher_logits(index, run.views[index])
-        batches = math.ceil(len(t_all) / cfg.batch_size)
-        perm = _epoch_permutation(len(t_all), self.runtime.seed, epoch).to(self.device)
+        cached = self._teacher_logits(run, index)
+        steps = math.ceil(len(t_all) / cfg.batch_size)
+        perm = batches.epoch_permutation(len(t_all), self.runtime.seed, epoch)
         sums = progress.sums = progress.sums or {"loss": 0.0, "correct": 0, "seen": 0}
-        names = [f"loss_{name}" for name in self.losses.names]
+        names = [layout.LOSS_TERM.format(name) for name in self.losses.names]
         bar = _progress(
             self.runtime.progress and not interrupts.pending(),
-            batches,
+            steps,
             progress.step,
             f"{self.stage} {self.label} epoch {epoch + 1}/{cfg.epochs}".replace("  ", " "),
         )
-        for step in range(progress.step, batches):
-            # the global batch; each process trains on its share (all of it with one process)
-            batch = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            if len(batch) < self.group.world:  # a last batch too small to share: every process skips it
-                continue
-            idx = self.group.batch_share(batch)
-            readings, correct, labelled, stop = self._step(run, x_all[idx], t_all[idx], idx, cached)
-            b = len(batch)
+        for batch in batches.epoch_batches(
+            x_all, t_all, perm, cfg.batch_size, progress.step, self.group, self.device, run.where
+        ):
+            step = batch.step
+            readings, correct, labelled, stop = self._step(run, batch.x, batch.t, batch.idx, cached)
+            b = batch.rows  # the global batch (each process trained on its share)
             sums["loss"] += readings[0] * b
             sums["correct"] += int(correct)
             sums["seen"] += b
@@ -547,12 +562,12 @@ class Trainer:
         sums = run.progress.sums
         seen = max(sums["seen"], 1)
         return {
-            "train_loss": sums["loss"] / seen,
-            "train_accuracy": sums["correct"] / max(sums.get("labelled", seen), 1),
-            "val_loss": float(F.cross_entropy(logits, labels)),
-            "val_accuracy": accuracy(logits, labels),
-            "lr": run.opt.param_groups[0]["lr"],
-            **{k: v / seen for k, v in sums.items() if k.startswith("loss_")},
+            layout.TRAIN_LOSS: sums["loss"] / seen,
+            layout.TRAIN_ACCURACY: sums["correct"] / max(sums.get("labelled", seen), 1),
+            layout.VAL_LOSS: float(F.cross_entropy(logits, labels)),
+            layout.VAL_ACCURACY: accuracy(logits, labels),
+            layout.LR: run.opt.param_groups[0]["lr"],
+            **{k: v / seen for k, v in sums.items() if k.startswith(layout.LOSS_TERM.format(""))},
         }
 
     # --- one step --------------------------------------------------------------------------------------
@@ -562,11 +577,13 @@ class Trainer:
         targets: torch.Tensor,
         cached: torch.Tensor | None,
         idx: torch.Tensor | None = None,
+        *,
+        mixes_unlabelled: bool,
     ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor, torch.Tensor | None]:
         """(weighted loss, its terms, correct predictions, labelled rows or None when all are) for one
         batch of float images; unlabelled rows (all-zero targets) count for neither."""
         labels = targets.argmax(1)
-        labelled = targets.sum(1) > 0 if self._mixes_unlabelled else None
+        labelled = targets.sum(1) > 0 if mixes_unlabelled else None
         amp = self.runtime.amp_dtype
         with (
             feature_taps(self.teacher, self.losses.teacher_taps) as t_feats,
@@ -602,7 +619,9 @@ class Trainer:
         targets = tb.to(self.device, non_blocking=True)
         for aug in self.augmenters:
             x, targets = aug(x, targets, run.g)
-        total, terms, correct, labelled = self._forward(x, targets, cached, idx)
+        total, terms, correct, labelled = self._forward(
+            x, targets, cached, idx, mixes_unlabelled=run.mixes_unlabelled
+        )
         run.opt.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(total).backward()
@@ -669,17 +688,3 @@ def _progress(enabled: bool, total: int, initial: int, desc: str) -> Any:
     from tqdm import tqdm
 
     return tqdm(total=total, initial=initial, desc=desc, leave=False, mininterval=1.0, dynamic_ncols=True)
-
-
-def history_csv(history: Sequence[Mapping[str, float]]) -> str:
-    keys = list(dict.fromkeys(k for row in history for k in row))
-    lines = [",".join(keys)]
-    for row in history:
-        lines.append(",".join(_fmt(row.get(k, "")) for k in keys))
-    return "\n".join(lines) + "\n"
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.6g}"
-    return str(v)

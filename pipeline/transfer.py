@@ -35,6 +35,7 @@ from pipeline.modelio import load_model
 from pipeline.params import Params, PluginSpec
 from pipeline.runner import StageContext
 from pipeline.selection import Selected, Selections
+from pipeline.stage_outputs import PreparedSummary
 from pipeline.tracking import Tracker
 from pipeline.training import Runtime
 from pipeline.variants import Augmentation, Fitted, StageTraining, Variant, check_later_stages
@@ -268,7 +269,7 @@ def run(ctx: StageContext) -> dict[str, Fitted]:
     training = target_training(params, ctx.plugins, splits)
     plan = Plan.of(params, ctx.plugins)
     with tracking.stage_run("transfer", params, ctx.params_file, training.tags(plan.variants)) as tracker:
-        converted = read_json(layout.prepared(params, layout.SUMMARY_FILE))["target"].get("converted_from")
+        converted = PreparedSummary.read(params).target.converted_from
         if converted:
             own, source = "x".join(map(str, converted)), "x".join(map(str, training.fmt.shape))
             tracker.set_tags({"distillops.target_converted": f"{own} -> {source}"})
@@ -278,7 +279,7 @@ def run(ctx: StageContext) -> dict[str, Fitted]:
             )
         fitted, metrics = plan.train(training, tracker)
         transferred, scratch = fitted["transferred"].test_accuracy, fitted["scratch"].test_accuracy
-        tracker.log_metrics({**metrics, "transfer_gain": transferred - scratch})
+        tracker.log_metrics({**metrics, layout.TRANSFER_GAIN: transferred - scratch})
         print(
             f"[transfer] {cfg.order.replace('_', ' ')}, {cfg.variant}: transferred {transferred:.4f} vs "
             f"scratch {scratch:.4f}: gain {(transferred - scratch) * 100:+.2f} pt "

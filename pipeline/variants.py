@@ -31,8 +31,9 @@ from pipeline.offline_copies import AugmentedCopies, load
 from pipeline.params import InitParams, Params, TrainParams, WarmStart
 from pipeline.protocols import teacher_taps
 from pipeline.selection import Plugin, Selected, Selections, plugin_tags
+from pipeline.stage_outputs import history_csv
 from pipeline.tracking import Tracker
-from pipeline.training import Runtime, Trainer, TrainResult, history_csv
+from pipeline.training import Runtime, Trainer, TrainResult
 from pipeline.weights import apply_init
 
 
@@ -213,24 +214,18 @@ class StageTraining:
         warm = None
         if self.warm_start is not None:
             warm = self._warm_start(variant, model, lr_scale, name, log)
-        trainer = Trainer(
-            self.stage,
+        trainer = self.trainer(
+            variant,
             model,
-            variant.losses,
-            self.cfg,
-            self.runtime,
-            augmenters=self.augmentation.online,
-            teacher=variant.teacher,
-            copies=self.augmentation.copies,
-            checkpoint=layout.checkpoint(self.params, name),
-            label=variant.name if nested else "",
-            lr_scale=lr_scale,
-            on_epoch=lambda epoch, metrics: log(metrics, step=epoch),
+            name,
+            variant.name if nested else "",
+            lr_scale,
+            lambda epoch, metrics: log(metrics, step=epoch),
             before_epoch=variant.before_epoch,
         )
         trackers[-1].log_params(self.model_params(variant, model))
         self._log_datasets(trackers[-1], variant)
-        trackers[-1].log_metrics({"parameters": sum(p.numel() for p in model.parameters())})
+        trackers[-1].log_metrics({layout.PARAMETERS: sum(p.numel() for p in model.parameters())})
         result = trainer.fit(self._train_set(variant), self.splits["val"])
         test = self.splits["test"]
         logits = self.runtime.predict(model, torch.from_numpy(test.x))
@@ -238,7 +233,7 @@ class StageTraining:
         out = variant.out or layout.model_dir(self.params, variant.name)
         if self.runtime.group.is_main:  # with several processes, rank 0 writes the outputs, once
             saved = self._save(out, model, variant, result, test_acc, warm)
-            log({"test_accuracy": test_acc, "train_seconds": result.seconds})
+            log({layout.TEST_ACCURACY: test_acc, layout.TRAIN_SECONDS: result.seconds})
             for tracker in trackers:
                 for file in saved:
                     tracker.log_artifact(out / file, variant.name)
@@ -250,6 +245,41 @@ class StageTraining:
             f"[{self.stage}] {variant.name}: test accuracy {test_acc:.4f} ({result.seconds:.0f} s training)"
         )
         return Fitted(model, result.history, test_acc, result.seconds)
+
+    def trainer(
+        self,
+        variant: Variant,
+        model: nn.Module,
+        name: str,
+        label: str,
+        lr_scale: Callable[[str], float] | None,
+        on_epoch: Callable[[int, dict[str, float]], None],
+        *,
+        before_epoch: Callable[[nn.Module, int], None] | None = None,
+        epochs: int | None = None,
+        rows: np.ndarray | None = None,
+    ) -> Trainer:
+        """The one place a :class:`Trainer` is built: the stage's optimisation settings, runtime and
+        augmentation with a variant's losses and teacher. ``name`` names its checkpoint; ``epochs`` and
+        ``rows`` (of the offline copies) narrow it to a warm start."""
+        copies = self.augmentation.copies
+        if copies is not None and rows is not None:
+            copies = AugmentedCopies(copies.x[:, rows], copies.targets[:, rows])
+        return Trainer(
+            self.stage,
+            model,
+            variant.losses,
+            self.cfg if epochs is None else replace(self.cfg, epochs=epochs),
+            self.runtime,
+            augmenters=self.augmentation.online,
+            teacher=variant.teacher,
+            copies=copies,
+            checkpoint=layout.checkpoint(self.params, name),
+            label=label,
+            lr_scale=lr_scale,
+            on_epoch=on_epoch,
+            before_epoch=before_epoch,
+        )
 
     def _log_datasets(self, tracker: Tracker, variant: Variant) -> None:
         """The model's training, validation and test data as MLflow dataset inputs: the prepared splits,
@@ -304,24 +334,18 @@ class StageTraining:
         train = self._train_set(variant)
         n = max(1, round(ws.fraction * len(train)))
         idx = np.sort(np.random.default_rng([self.runtime.seed, 1]).permutation(len(train))[:n])
-        copies = self.augmentation.copies
-        if copies is not None:
-            copies = AugmentedCopies(copies.x[:, idx], copies.targets[:, idx])
-        checkpoint = layout.checkpoint(self.params, f"{name}-warm_start")
-        result = Trainer(
-            self.stage,
+        trainer = self.trainer(
+            variant,
             model,
-            variant.losses,
-            replace(self.cfg, epochs=ws.epochs),
-            self.runtime,
-            augmenters=self.augmentation.online,
-            teacher=variant.teacher,
-            copies=copies,
-            checkpoint=checkpoint,
-            label=f"{variant.name} warm start".strip(),
-            lr_scale=lr_scale,
-            on_epoch=lambda epoch, m: log({f"warm_start.{k}": v for k, v in m.items()}, step=epoch),
-        ).fit(take(train, idx), self.splits["val"])
+            f"{name}-warm_start",
+            f"{variant.name} warm start".strip(),
+            lr_scale,
+            lambda epoch, m: log({f"warm_start.{k}": v for k, v in m.items()}, step=epoch),
+            epochs=ws.epochs,
+            rows=idx,
+        )
+        checkpoint = trainer.checkpoint
+        result = trainer.fit(take(train, idx), self.splits["val"])
         print(
             f"[{self.stage}] {variant.name}: warm start on {n} of {len(train)} images for {ws.epochs} "
             f"epochs ({result.seconds:.0f} s), then the whole split"
@@ -345,8 +369,8 @@ class StageTraining:
     ) -> list[str]:
         """Weights, sidecar, history and trainable loss modules of a trained variant; the files written."""
         extra = {
-            "test_accuracy": test_acc,
-            "train_seconds": round(result.seconds, 2),
+            layout.TEST_ACCURACY: test_acc,
+            layout.TRAIN_SECONDS: round(result.seconds, 2),
             "epochs": self.cfg.epochs,
             "resumed_from_epoch": result.resumed_from,
             **variant.meta,

@@ -145,7 +145,7 @@ def test_lazy_loss_parameters_are_materialised_trained_and_checkpointed(tmp_path
     t = distill_trainer(teacher, losses=losses, cfg=train_cfg(epochs=1, batch_size=32))
     t.checkpoint = tmp_path / "c.pt"
     bn_before = {k: v.clone() for k, v in t.model.state_dict().items()}
-    t._materialise_lazy((torch.from_numpy(train.x), torch.eye(10)[train.y]))
+    t._materialise_lazy((torch.from_numpy(train.x), torch.eye(10)[train.y]), mixes_unlabelled=False)
     assert hint.regressor.weight.shape == (16, 84)  # 84 = lenet5 classifier output
     assert all(torch.equal(bn_before[k], v) for k, v in t.model.state_dict().items())  # no update, eval mode
     w0 = hint.regressor.weight.detach().clone()

@@ -122,6 +122,9 @@ def test_wrong_types_name_the_key(tmp_path, data, key, expected):
         ({"distill": {"warm_start": {"fraction": 0.1}}}, "distill.warm_start.epochs"),
         ({"distill": {"exclude_classes": [-1]}}, "distill.exclude_classes"),
         ({"transfer": {"variant": "freeze"}}, "transfer.variant"),
+        ({"runtime": {"processes": 0}}, "runtime.processes"),
+        ({"runtime": {"precision": "fp8"}}, "runtime.precision"),
+        ({"runtime": {"processes": 4}, "transfer": {"batch_size": 2}}, "transfer.batch_size"),
     ],
 )
 def test_invalid_values_name_the_key(tmp_path, data, key):
@@ -165,3 +168,27 @@ def test_flatten_gives_dotted_keys_for_logging():
     assert flat["distill.losses.0.name"] == "kd"
     assert flat["distill.losses.0.weight"] == load_params(REPO / "params.yaml").distill.losses[0].weight
     assert flat["data.train_limit"] is None
+
+
+def test_an_unknown_optimizer_is_refused_at_load_naming_the_choices(tmp_path):
+    with pytest.raises(ParamsError, match=r"distill\.optimizer: 'adam' is not one of: adamw, sgd"):
+        load_params(write(tmp_path, {"distill": {"optimizer": "adam"}}))
+
+
+def test_choices_are_typed_and_compare_as_their_words():
+    from pipeline.params import Optimizer, Precision, Schedule
+
+    p = load_params(REPO / "params.yaml")
+    assert p.teacher.optimizer is Optimizer.ADAMW and p.teacher.optimizer == "adamw"
+    assert p.teacher.schedule is Schedule.ONECYCLE and p.runtime.precision is Precision.FP32
+    assert flatten(p)["teacher.optimizer"] == "adamw" and type(flatten(p)["teacher.optimizer"]) is str
+
+
+def test_params_written_before_the_runtime_engine_keys_still_load(tmp_path):
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    for key in ("processes", "precision", "compile"):
+        del raw["runtime"][key]
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    p = load_params(path)
+    assert (p.runtime.processes, p.runtime.precision, p.runtime.compile) == (1, "fp32", False)
