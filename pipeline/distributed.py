@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime
 import os
 import sys
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,6 +97,38 @@ class Group:
             return
         for buf in module.buffers():
             dist.broadcast(buf.data, 0)
+
+    def average_gradients(self, params: Iterable[torch.nn.Parameter]) -> None:
+        """Average the gradients of ``params`` (those outside a DDP model) over the processes."""
+        for p in params:
+            if p.grad is not None:
+                p.grad.copy_(self.sum(p.grad) / self.world)
+
+    def step_readings(
+        self,
+        total: torch.Tensor,
+        terms: Sequence[torch.Tensor],
+        correct: torch.Tensor,
+        labelled: torch.Tensor | None,
+        rows: int,
+        pending: bool,
+    ) -> tuple[list[float], float, float | None, bool]:
+        """One training step's readings over every process's share of the global batch, on the host and
+        the same on every process (so the non-finite guard and a signal stop all at the same step):
+        ``[total loss, term 1, ...]`` (means over the global batch), the correct predictions, the
+        labelled rows (None: all), and whether any process has a signal pending."""
+        device = total.device
+        local = torch.stack(
+            [
+                *(t.detach().float() * rows for t in (total, *terms)),
+                correct.float(),
+                (labelled if labelled is not None else torch.tensor(rows)).float().to(device),
+                torch.tensor(float(rows), device=device),
+                torch.tensor(float(pending), device=device),
+            ]
+        )
+        *weighted, correct_n, labelled_n, seen, stop = self.sum(local).tolist()
+        return [v / seen for v in weighted], correct_n, None if labelled is None else labelled_n, stop > 0
 
     def barrier(self) -> None:
         if self.distributed:

@@ -227,8 +227,60 @@ class _Fit:
     checkpoint: CheckpointFile | None
     where: Placement  # where the training views live (host, device, or streamed to it)
     mixes_unlabelled: bool  # the training set holds images without labels (all-zero target rows)
+    trained: tuple[nn.Module, nn.Module]  # the model and the loss modules, as the checkpoint holds them
+    scaler: torch.amp.GradScaler | None  # fp16's loss scaler
+    group: Group
     progress: Progress = field(default_factory=Progress)
     teacher_logits: dict[int, torch.Tensor] = field(default_factory=dict)  # cached, per training view
+
+    def save(self) -> None:
+        """Checkpoint: rank 0 writes it, with every process's augmentation generator."""
+        if self.checkpoint is None:
+            return
+        aug_states = self.group.gather_objects(self.g.get_state()) if self.group.distributed else None
+        if not self.group.is_main:
+            return
+        model, loss_modules = self.trained
+        self.checkpoint.save(
+            {
+                "epoch": self.progress.epoch,
+                "step": self.progress.step,
+                "model": model.state_dict(),
+                "loss_modules": loss_modules.state_dict(),
+                "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict(),
+                "aug_rng": self.g.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "history": json.dumps(self.progress.history),
+                "acc": json.dumps(self.progress.sums),
+                **({"aug_rng_ranks": aug_states} if aug_states is not None else {}),
+                **({"scaler": self.scaler.state_dict()} if self.scaler is not None else {}),
+            }
+        )
+
+    def resume(self) -> bool:
+        """Restore the checkpoint of the same settings, if there is one."""
+        state = self.checkpoint.load() if self.checkpoint is not None else None
+        if state is None:
+            return False
+        model, loss_modules = self.trained
+        model.load_state_dict(state["model"])
+        loss_modules.load_state_dict(state["loss_modules"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.g.set_state(
+            state["aug_rng_ranks"][self.group.rank] if self.group.distributed else state["aug_rng"]
+        )
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"]:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.progress = Progress(
+            state["epoch"], state["step"], json.loads(state["history"]), json.loads(state["acc"])
+        )
+        return True
 
 
 @dataclass
@@ -308,7 +360,7 @@ class Trainer:
                 )
                 if self.on_epoch is not None:
                     self.on_epoch(epoch + 1, metrics)
-                self._save(run)
+                run.save()
                 self._check_interrupt()
         if self.cache_teacher:
             views = len(run.views)
@@ -364,6 +416,9 @@ class Trainer:
             checkpoint,
             where,
             mixes_unlabelled,
+            (self.model, self.losses.modules),
+            self.scaler,
+            self.group,
         )
 
     def _views(self, train: Split) -> list[View]:
@@ -431,51 +486,10 @@ class Trainer:
             [{"params": params, "lr": self.cfg.lr * scale} for scale, params in groups.items()], self.cfg
         )
 
-    def _save(self, run: _Fit) -> None:
-        """Checkpoint (rank 0 writes it, with every process's augmentation generator)."""
-        if run.checkpoint is None:
-            return
-        aug_states = self.group.gather_objects(run.g.get_state()) if self.group.distributed else None
-        if not self.group.is_main:
-            return
-        run.checkpoint.save(
-            {
-                "epoch": run.progress.epoch,
-                "step": run.progress.step,
-                "model": self.model.state_dict(),
-                "loss_modules": self.losses.modules.state_dict(),
-                "optimizer": run.opt.state_dict(),
-                "scheduler": run.sched.state_dict(),
-                "aug_rng": run.g.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "history": json.dumps(run.progress.history),
-                "acc": json.dumps(run.progress.sums),
-                **({"aug_rng_ranks": aug_states} if aug_states is not None else {}),
-                **({"scaler": self.scaler.state_dict()} if self.scaler is not None else {}),
-            }
-        )
-
     def _resume(self, run: _Fit) -> int | None:
-        """Restore a checkpoint of the same settings; the epoch it resumes from, or None."""
-        state = run.checkpoint.load() if run.checkpoint is not None else None
-        if state is None:
+        """The epoch a checkpoint of the same settings resumes from, or None."""
+        if not run.resume():
             return None
-        self.model.load_state_dict(state["model"])
-        self.losses.modules.load_state_dict(state["loss_modules"])
-        run.opt.load_state_dict(state["optimizer"])
-        run.sched.load_state_dict(state["scheduler"])
-        run.g.set_state(
-            state["aug_rng_ranks"][self.group.rank] if self.group.distributed else state["aug_rng"]
-        )
-        if self.scaler is not None and "scaler" in state:
-            self.scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["torch_rng"])
-        if state["cuda_rng"]:
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        run.progress = Progress(
-            state["epoch"], state["step"], json.loads(state["history"]), json.loads(state["acc"])
-        )
         print(
             f"[{self.stage}] resuming {self.label or 'training'} from epoch {run.progress.epoch + 1}, "
             f"batch {run.progress.step}"
@@ -530,7 +544,7 @@ class Trainer:
             if stop:
                 bar.close()
                 progress.step = step + 1
-                self._save(run)
+                run.save()
                 print(
                     f"[{self.stage}] interrupted: checkpoint saved at epoch {epoch + 1}, "
                     f"batch {step + 1} -> {self.checkpoint}"
@@ -628,7 +642,11 @@ class Trainer:
         else:
             total.backward()
         if self.group.distributed:
-            readings, correct_n, labelled_n, stop = self._reduce(total, terms, correct, labelled, len(idx))
+            # DDP averaged the model's gradients; the loss modules' are averaged here
+            self.group.average_gradients(self.losses.modules.parameters())
+            readings, correct_n, labelled_n, stop = self.group.step_readings(
+                total, terms, correct, labelled, len(idx), interrupts.pending() is not None
+            )
         else:
             # the step's one host sync: the loss readings (for the guard and the running metrics) and the
             # counts of correct predictions (and labelled rows), read back together
@@ -647,34 +665,6 @@ class Trainer:
             run.opt.step()
         run.sched.step()
         return readings, correct_n, labelled_n, stop
-
-    def _reduce(
-        self,
-        total: torch.Tensor,
-        terms: list[torch.Tensor],
-        correct: torch.Tensor,
-        labelled: torch.Tensor | None,
-        rows: int,
-    ) -> tuple[list[float], float, float | None, bool]:
-        """With several processes: the step's readings over the whole global batch, the same on every
-        process (so the non-finite guard and a signal stop all of them at the same step), and the
-        gradients of trainable loss modules averaged (DDP averages the model's)."""
-        for p in self.losses.modules.parameters():
-            if p.grad is not None:
-                p.grad.copy_(self.group.sum(p.grad) / self.group.world)
-        local = torch.stack(
-            [
-                *(t.detach().float() * rows for t in (total, *terms)),
-                correct.float(),
-                (labelled if labelled is not None else torch.tensor(rows)).float().to(total.device),
-                torch.tensor(float(rows), device=total.device),
-                torch.tensor(float(interrupts.pending() is not None), device=total.device),
-            ]
-        )
-        host = self.group.sum(local).tolist()
-        *weighted, correct_n, labelled_n, seen, pending = host
-        readings = [v / seen for v in weighted]
-        return readings, correct_n, None if labelled is None else labelled_n, pending > 0
 
 
 class _NoBar:
