@@ -8,6 +8,8 @@ distillops plugins check           import every plugin and run the contract chec
 distillops summary                 the last run's results and where its outputs are (from paths.metrics)
 distillops report [--metric M ...]   mean +- std over seeds per configuration (MLflow): table + figure
 distillops predict MODEL.onnx IMAGES.npy   classify images with ONNX Runtime alone
+distillops server start | add-user | grant   a team's MLflow server on PostgreSQL with basic auth
+distillops sweep SPACE.yaml --study NAME     Optuna search on the validation split, across workers
 """
 
 from __future__ import annotations
@@ -214,6 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pred.add_argument("args", nargs=argparse.REMAINDER)
     pred.set_defaults(func=cmd_predict)
+    from pipeline import server, sweep
+
+    server.add_parser(sub)
+    sweep.add_parser(sub)
     return parser
 
 

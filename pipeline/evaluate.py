@@ -401,6 +401,13 @@ def _log_to_logged_models(exported: Parity, metrics: dict[str, float], tracker: 
     measured) and parameters, logged against the MLflow logged model export made of it (``exported``:
     export's ``parity.json``)."""
     for model_name, model_id in exported.logged_models.items():
+        if tracker.active and not _in_store(tracker.client, model_id):
+            print(
+                f"[evaluate] {model_name}: logged model {model_id} is not in this MLflow store (export ran "
+                f"against another, e.g. before a `dvc pull` into a fresh clone); its metrics go to this "
+                f"run only. `dvc repro -f -s export` logs the models here"
+            )
+            continue
         prefix = "transfer" if model_name == "transferred" else model_name  # the metrics prefix
         found = {
             "accuracy": metrics.get(f"{prefix}.onnx_accuracy"),
@@ -409,6 +416,14 @@ def _log_to_logged_models(exported: Parity, metrics: dict[str, float], tracker: 
             "parameters": metrics.get(f"{prefix}.parameters"),
         }
         tracker.log_metrics({k: v for k, v in found.items() if v is not None}, model_id=model_id)
+
+
+def _in_store(client: Any, model_id: str) -> bool:
+    try:
+        client.get_logged_model(model_id)
+    except Exception:  # MlflowException RESOURCE_DOES_NOT_EXIST (or any store error: nothing to log to)
+        return False
+    return True
 
 
 def _registry_decision(

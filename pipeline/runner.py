@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline import datasets, interrupts, launch
+from pipeline import datasets, interrupts, launch, tracking
 from pipeline.dvc_restore import restore_previous
 from pipeline.errors import DistillopsError
 from pipeline.params import Params, load_params
@@ -72,7 +72,11 @@ def main(stage: str, run: Callable[[StageContext], object], argv: list[str] | No
             f"stage '{stage}' interrupted ({exc}); rerun to resume from the last checkpoint",
             exc.exit_code,
         )
-    except Exception:
+    except Exception as exc:
+        outage = tracking.failure_in_store(exc)
+        if outage:  # the store went away mid-stage: say so, keep the traceback for the record
+            traceback.print_exc()
+            _exit(stage, f"error: stage '{stage}': {outage}", 1)
         traceback.print_exc()
         _exit(stage, f"error: stage '{stage}' failed with an unexpected error (traceback above)", 1)
 

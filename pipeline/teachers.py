@@ -22,8 +22,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -404,33 +403,6 @@ def _probe_classes(path: Path, info: OnnxInfo, key: str) -> int:
 
 
 # --- MLflow ----------------------------------------------------------------------------------------------
-@contextmanager
-def _quick_http() -> Iterator[None]:
-    """An unreachable tracking server fails in seconds, not after MLflow's minutes of retries."""
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
-    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
-    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "10"
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def _redact(uri: str) -> str:
-    """A store's URI without any user:password in it (it is logged and written to model.json)."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(uri)
-    if parts.password is None and parts.username is None:
-        return uri
-    host = parts.hostname or ""
-    return urlunsplit(parts._replace(netloc=host + (f":{parts.port}" if parts.port else "")))
-
-
 def resolve_mlflow(uri: str, key: str, into: Path) -> tuple[Path, dict[str, str]]:
     """Download the model at ``uri`` into ``into``; (its folder, provenance: the URI, the resolved
     version's URI, name, version and run)."""
@@ -441,9 +413,9 @@ def resolve_mlflow(uri: str, key: str, into: Path) -> tuple[Path, dict[str, str]
     from pipeline import tracking
 
     store = os.environ.get("MLFLOW_TRACKING_URI") or tracking.tracking_uri()
-    prov = {"uri": uri, "tracking_uri": _redact(store)}
+    prov = {"uri": uri, "tracking_uri": tracking.redact(store)}
     try:
-        with _quick_http():
+        with tracking.quick_http():
             client = MlflowClient(tracking_uri=store, registry_uri=store)
             if uri.startswith("models:/"):
                 rest = uri.removeprefix("models:/")

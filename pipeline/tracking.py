@@ -33,17 +33,23 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import interrupts, provenance
+from pipeline.errors import DistillopsError
 from pipeline.params import Params, flatten
 
 STAGE_TAG = "distillops.stage"
 COMMIT_TAG = "distillops.git_commit"
+DIRTY_TAG = "distillops.git_dirty"  # true when tracked code or params differ from the commit
+CHANGED_TAG = "distillops.git_changed"  # those files, comma-separated
 PIPELINE_TAG = "distillops.pipeline_key"
 EXECUTION_TAG = "distillops.execution"
 DVC_EXP_TAG = "distillops.dvc_experiment"
 STAGE_RUN_TAG = "distillops.stage_run."  # + stage: on the parent, the run that produced that stage's outputs
+SWEEP_STUDY_TAG = "distillops.sweep.study"  # a distillops sweep trial's study, on its parent and stage runs
+SWEEP_TRIAL_TAG = "distillops.sweep.trial"  # and its number
 NOTE_TAG = "mlflow.note.content"  # a run's description in the MLflow UI (markdown)
 STAGES = ("prepare", "teacher", "distill", "transfer", "export", "evaluate")
 PARENT_TAG = "mlflow.parentRunId"
+USER_TAG = "mlflow.user"  # the run's user (MlflowClient.create_run leaves it "unknown" otherwise)
 VARIANT_TAG = "distillops.variant"
 DB_NAME = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
@@ -69,24 +75,193 @@ def tracking_uri(root: Path | None = None) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root or repo_root()) / DB_NAME}"
 
 
-def git_commit(cwd: Path | None = None) -> tuple[str, bool]:
-    """(commit sha, working tree dirty?) or ("unknown", False) outside git."""
+def redact(uri: str) -> str:
+    """A store's URI without any user:password in it (it is printed, tagged and written to model.json)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if parts.password is None and parts.username is None:
+        return uri
+    host = parts.hostname or ""
+    return urlunsplit(parts._replace(netloc=host + (f":{parts.port}" if parts.port else "")))
+
+
+@contextlib.contextmanager
+def quick_http() -> Iterator[None]:
+    """Inside it, an unreachable tracking server fails in seconds, not after MLflow's minutes of retries
+    (outside, a stage keeps MLflow's retries, so a server restarting mid-stage costs no logs)."""
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "10"
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def open_client(root: Path | None = None) -> Any:
+    """A client of the tracking store, checked before any work: a store that cannot be reached, refuses
+    the credentials or cannot be opened fails in seconds with a ``DistillopsError`` naming its URI.
+
+    A SQLite store is created (schema and migrations) by the first process that opens it, under a file
+    lock beside it: two stages started at once (``dvc queue start -j 2``) would otherwise both create the
+    schema and leave it half-migrated."""
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri(root)
+    try:
+        with _schema_lock(uri), quick_http():
+            client = MlflowClient(uri, registry_uri=os.environ.get("MLFLOW_REGISTRY_URI") or uri)
+            client.search_experiments(max_results=1)  # opens the tracking store (creates a fresh schema)
+            client.search_registered_models(max_results=1)  # and the registry's
+    except Exception as exc:
+        raise DistillopsError(store_failure(uri, exc, starting=True)) from None
+    return client
+
+
+@contextlib.contextmanager
+def _schema_lock(uri: str) -> Iterator[None]:
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    from filelock import FileLock
+
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(db) + ".lock", timeout=300):
+        yield
+
+
+def failure_in_store(exc: BaseException) -> str | None:
+    """``store_failure``'s account of an exception raised while talking to the tracking store (a frame of
+    MLflow in its traceback), else None."""
+    tb, through_mlflow = exc.__traceback__, False
+    while tb is not None:
+        through_mlflow |= f"{os.sep}mlflow{os.sep}" in tb.tb_frame.f_code.co_filename
+        tb = tb.tb_next
+    return store_failure(tracking_uri(), exc) if through_mlflow else None
+
+
+def store_failure(uri: str, exc: BaseException, starting: bool = False) -> str | None:
+    """A one-line account of a tracking store that failed: what happened and what to do. None when
+    ``exc`` is not a store failure (and ``starting`` is false)."""
+    import re
+
+    # no user:password of any URI in the text (MLflow's messages repeat the URL they called)
+    text = re.sub(r"(\w+://)[^/@\s]+@", r"\1", f"{type(exc).__name__}: {exc}")
+    where = redact(uri)
+    if " 401" in text or "not authenticated" in text.lower():
+        return (
+            f"tracking store {where} refused the credentials (HTTP 401): set MLFLOW_TRACKING_USERNAME and "
+            f"MLFLOW_TRACKING_PASSWORD to a user of that server"
+        )
+    if " 403" in text or "permission denied" in text.lower():
+        return (
+            f"tracking store {where} refused the request (HTTP 403): the user in MLFLOW_TRACKING_USERNAME "
+            f"lacks the permission; ask the server's admin to grant it (distillops server grant)"
+        )
+    lowered = text.lower()
+    down = any(
+        s in lowered
+        for s in (
+            "connection refused",
+            "max retries exceeded",
+            "failed to establish",
+            "name or service",
+            "timed out",
+            "connectionerror",
+            "could not connect",
+            "server closed the connection",
+            "operationalerror",
+            "connection reset",
+            "remote end closed",
+        )
+    )
+    if not (down or starting):
+        return None
+    summary = text.splitlines()[0][:300] if text else type(exc).__name__
+    if starting:
+        return (
+            f"cannot use the MLflow tracking store {where}: {summary}. Check that the server is up and "
+            f"MLFLOW_TRACKING_URI is right (unset it to use the SQLite file at the repository root)"
+        )
+    return (
+        f"the MLflow tracking store {where} stopped answering ({summary}); the stage's trained outputs "
+        f"and checkpoints are kept: rerun it once the store is back and training resumes from the checkpoint"
+    )
+
+
+def git_commit(cwd: Path | None = None) -> tuple[str, list[str]]:
+    """(commit sha, the tracked files changed since it that can change results) or ("unknown", []) outside
+    git. DVC's own bookkeeping (``dvc.lock``, ``*.dvc``) and the stages' outputs (``outs``, ``metrics``,
+    ``plots`` in dvc.yaml, e.g. a metrics file kept in git) are left out: a pipeline run changes them, so
+    counting them would mark every run of a fresh clone dirty."""
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True, timeout=10
         ).stdout.strip()
-        dirty = bool(
-            subprocess.run(
-                ["git", "status", "--porcelain", "--untracked-files=no"],
-                cwd=cwd,
-                capture_output=True,
-                text=True,
-                timeout=10,
-            ).stdout.strip()
-        )
-        return sha, dirty
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "-z", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
-        return "unknown", False
+        return "unknown", []
+    # -z: "XY path\0", and a rename's "R  new\0old\0"; the path is what the tree holds now
+    entries = status.split("\0")
+    changed, i = [], 0
+    while i < len(entries):
+        entry = entries[i]
+        i += 1
+        if len(entry) > 3:
+            changed.append(entry[3:])
+            if entry[0] in "RC":
+                i += 1
+    outputs = stage_outputs(Path(cwd or Path.cwd()))
+    return sha, sorted(f for f in changed if not _is_pipeline_output(f, outputs))
+
+
+def stage_outputs(root: Path) -> list[str]:
+    """Every ``outs``, ``metrics`` and ``plots`` path of ``root/dvc.yaml``, its ``${...}`` filled from
+    ``root/params.yaml``; [] when either is missing or unreadable."""
+    import re
+
+    import yaml
+
+    try:
+        stages = (yaml.safe_load((root / "dvc.yaml").read_text()) or {}).get("stages") or {}
+        values = yaml.safe_load((root / "params.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError, AttributeError):
+        return []
+
+    def value(match: re.Match) -> str:
+        node: Any = values
+        for part in match.group(1).strip().split("."):
+            node = node.get(part, "") if isinstance(node, dict) else ""
+        return str(node)
+
+    paths = []
+    for stage in stages.values():
+        for section in ("outs", "metrics", "plots"):
+            for entry in (stage or {}).get(section) or []:
+                for raw in entry if isinstance(entry, dict) else [entry]:
+                    if isinstance(raw, str):
+                        paths.append(re.sub(r"\$\{([^}]+)\}", value, raw).strip("/"))
+    return [p for p in paths if p]
+
+
+def _is_pipeline_output(path: str, outputs: list[str]) -> bool:
+    return (
+        Path(path).name == "dvc.lock"
+        or path.endswith(".dvc")
+        or any(path == out or path.startswith(out + "/") for out in outputs)
+    )
 
 
 def pipeline_key(params_text: str, commit: str) -> str:
@@ -132,6 +307,23 @@ def current_execution(params_text: str, commit: str) -> Execution:
         return Execution(config, experiment or f"pipeline-{config[:8]}", experiment)
     key = hashlib.sha256(f"{socket.gethostname()}:{dvc[0]}:{dvc[1]}".encode()).hexdigest()[:16]
     return Execution(key, experiment or f"repro-{commit[:7]}", experiment)
+
+
+def user() -> str:
+    """Who runs it, as the MLflow UI's User column shows: the tracking server's user when there is
+    one, else the login name."""
+    import getpass
+
+    try:
+        return os.environ.get("MLFLOW_TRACKING_USERNAME") or getpass.getuser()
+    except (KeyError, OSError):  # no login name (a container without a passwd entry)
+        return "unknown"
+
+
+def sweep_tags() -> dict[str, str]:
+    """A ``distillops sweep`` trial's study and number (set in the environment of its ``dvc exp run``)."""
+    study, trial = os.environ.get("DISTILLOPS_SWEEP_STUDY"), os.environ.get("DISTILLOPS_SWEEP_TRIAL")
+    return {SWEEP_STUDY_TAG: study, SWEEP_TRIAL_TAG: trial or ""} if study else {}
 
 
 def _pid_alive(pid: int) -> bool:
@@ -296,6 +488,7 @@ def _parent_run(
         client.update_run(runs[0].info.run_id, status="RUNNING")
         return runs[0].info.run_id
     tags = {EXECUTION_TAG: execution.key, PIPELINE_TAG: config, STAGE_TAG: "pipeline", COMMIT_TAG: commit}
+    tags.update(sweep_tags(), **{USER_TAG: user()})
     if execution.dvc_experiment:
         tags[DVC_EXP_TAG] = execution.dvc_experiment
     run = client.create_run(experiment_id, run_name=execution.name, tags=tags)
@@ -351,14 +544,12 @@ def stage_run(
         if not is_primary():
             yield Tracker()
             return
-        from mlflow.tracking import MlflowClient
-
         root = repo_root()
-        client = MlflowClient(tracking_uri=tracking_uri(root))
+        client = open_client(root)
         experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME") or params.mlflow.experiment
         experiment_id = _experiment_id(client, experiment, root)
         mark_stale_runs_killed(client, experiment_id)
-        commit, dirty = git_commit()
+        commit, changed = git_commit()
         params_text = Path(params_file).read_text() if Path(params_file).exists() else ""
         execution = current_execution(params_text, commit)
         config = pipeline_key(params_text, commit)
@@ -368,12 +559,16 @@ def stage_run(
             STAGE_TAG: stage,
             COMMIT_TAG: commit,
             EXECUTION_TAG: execution.key,
-            "distillops.git_dirty": str(dirty).lower(),
+            DIRTY_TAG: str(bool(changed)).lower(),
             "distillops.host": socket.gethostname(),
             "distillops.pid": str(os.getpid()),
+            USER_TAG: user(),
             PARENT_TAG: parent_id,
             **(plugin_tags or {}),
         }
+        tags.update(sweep_tags())
+        if changed:  # what differs from the commit; the UI shows a tag's first few hundred characters
+            tags[CHANGED_TAG] = ", ".join(changed)[:4000]
         if execution.dvc_experiment:
             tags[DVC_EXP_TAG] = execution.dvc_experiment
         run = client.create_run(experiment_id, run_name=stage, tags=tags)
@@ -392,7 +587,10 @@ def stage_run(
             status = client.get_run(run.info.run_id).info.status
             client.set_terminated(parent_id, status=status)
             _describe(client, parent_id, experiment_id, execution)
-            print(f"[{stage}] MLflow run {run.info.run_id} {status} in {tracking_uri(root)}", file=sys.stderr)
+            print(
+                f"[{stage}] MLflow run {run.info.run_id} {status} in {redact(tracking_uri(root))}",
+                file=sys.stderr,
+            )
 
 
 @dataclass(frozen=True)

@@ -358,9 +358,9 @@ class Trainer:
                     f"train_loss {metrics[layout.TRAIN_LOSS]:.4f} val_accuracy {metrics[layout.VAL_ACCURACY]:.4f}",
                     flush=True,
                 )
+                run.save()  # before the epoch's metrics are logged: a tracking outage never costs the epoch
                 if self.on_epoch is not None:
                     self.on_epoch(epoch + 1, metrics)
-                run.save()
                 self._check_interrupt()
         if self.cache_teacher:
             views = len(run.views)

@@ -204,3 +204,88 @@ def test_a_skipped_stage_is_linked_to_the_run_that_produced_its_outputs(mlflow_s
         "**teacher**: skipped by DVC (outputs unchanged), produced by [teacher]"
         in second.data.tags[tracking.NOTE_TAG]
     )
+
+
+def _open_fresh_store(uri: str, start, results) -> None:
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    start.wait()
+    try:
+        client = tracking.open_client()
+        client.create_experiment(f"exp-{os.getpid()}")
+        results.put("ok")
+    except Exception as exc:  # the failure is what the test reports
+        results.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_processes_starting_at_once_on_a_fresh_sqlite_store_all_get_it(tmp_path):
+    """Four processes open one fresh SQLite store at the same instant (as `dvc queue start -j 2` starts
+    stages): the schema is created once, under the lock beside the file, and every process can write."""
+    import multiprocessing
+
+    uri = f"sqlite:///{tmp_path / 'fresh' / 'mlflow.db'}"
+    ctx = multiprocessing.get_context("fork")  # mlflow is imported already: the children start fast
+    start, results = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_open_fresh_store, args=(uri, start, results)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    start.set()
+    for p in procs:
+        p.join(120)
+    outcomes = [results.get(timeout=5) for _ in procs]
+    assert outcomes == ["ok"] * 4, outcomes
+    names = {e.name for e in MlflowClient(uri).search_experiments()}
+    assert {f"exp-{p.pid}" for p in procs} <= names
+
+
+def test_an_unreachable_or_broken_store_fails_in_seconds_naming_it(tmp_path, monkeypatch):
+    import time
+
+    from pipeline.errors import DistillopsError
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://alice:s3cret-pass@127.0.0.1:{port}")
+    t0 = time.perf_counter()
+    with pytest.raises(DistillopsError) as err:
+        tracking.open_client()
+    assert time.perf_counter() - t0 < 15
+    message = str(err.value)
+    assert f"http://127.0.0.1:{port}" in message and "s3cret" not in message and "\n" not in message
+    (tmp_path / "not-a-db").write_text("this is no SQLite file")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'not-a-db'}")
+    with pytest.raises(DistillopsError, match="not-a-db"):
+        tracking.open_client()
+
+
+def _git(repo: Path, *args: str) -> None:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x", "GIT_COMMITTER_NAME": "t"}
+    env["GIT_COMMITTER_EMAIL"] = "t@x"
+    subprocess.run(["git", *args], cwd=repo, env=env, check=True, capture_output=True)
+
+
+def test_git_dirty_counts_code_and_params_not_dvc_outputs(tmp_path):
+    """A pipeline run rewrites dvc.lock and the outputs git keeps (a metrics file): the tree is not
+    dirty for that. A changed module or params file is, and is named."""
+    (tmp_path / "params.yaml").write_text("paths:\n  metrics: reports/metrics.json\n")
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  evaluate:\n    cmd: x\n    outs:\n      - models/onnx\n"
+        "    metrics:\n      - ${paths.metrics}:\n          cache: false\n"
+    )
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "metrics.json").write_text("{}")
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\n")
+    (tmp_path / "data.dvc").write_text("outs: []\n")
+    (tmp_path / "stage.py").write_text("x = 1\n")
+    _git(tmp_path, "init", "-q")
+    _git(tmp_path, "add", "-A")
+    _git(tmp_path, "commit", "-qm", "init")
+    sha, changed = tracking.git_commit(tmp_path)
+    assert len(sha) == 40 and changed == []
+    (tmp_path / "reports" / "metrics.json").write_text('{"accuracy": 0.9}')
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
+    (tmp_path / "data.dvc").write_text("outs: [{path: data}]\n")
+    assert tracking.git_commit(tmp_path)[1] == []
+    (tmp_path / "stage.py").write_text("x = 2\n")
+    (tmp_path / "params.yaml").write_text("paths:\n  metrics: reports/metrics.json\nseed: 1\n")
+    assert tracking.git_commit(tmp_path)[1] == ["params.yaml", "stage.py"]
