@@ -15,7 +15,7 @@ the best trial's overrides are printed and written as a params patch (``--best-o
 SPACE.yaml::
 
     objective:
-      metric: student.val_accuracy      # a metric of the distill stage's MLflow run (its last value)
+      metric: student.val_accuracy      # MODEL.COLUMN of the model's history.csv, at its last epoch
       latency_penalty: 0.0              # minus this times student.latency_ms.onnx_b1 (runs evaluate)
     fixed:                              # -S overrides every trial gets (e.g. fewer epochs)
       distill.epochs: 10
@@ -41,6 +41,7 @@ from typing import Any
 import yaml
 
 from pipeline.errors import DistillopsError
+from pipeline.layout import MODELS
 from pipeline.tracking import redact
 
 STORAGE_ENV = "DISTILLOPS_SWEEP_STORAGE"
@@ -131,6 +132,12 @@ def load_space(path: Path) -> Space:
     if not isinstance(objective, dict) or set(objective) - {"metric", "latency_penalty"}:
         raise DistillopsError(f"{path}: objective: expected {{metric: NAME, latency_penalty: NUMBER}}")
     metric = str(objective.get("metric", Space.metric))
+    model, _, column = metric.partition(".")
+    if model not in MODELS or not column:
+        raise DistillopsError(
+            f"{path}: objective.metric {metric!r}: expected MODEL.COLUMN of a model's history.csv, "
+            f"MODEL one of {', '.join(MODELS)} (e.g. student.val_accuracy)"
+        )
     if "test" in metric:
         raise DistillopsError(
             f"{path}: objective.metric {metric!r} is a test-split metric; a sweep chooses on validation "
@@ -151,7 +158,9 @@ def overrides(values: dict[str, Any]) -> list[str]:
     return out
 
 
-def _run_trial(study_name: str, number: int, values: dict[str, Any], space: Space, logs: Path) -> str:
+def _run_trial(
+    study_name: str, number: int, values: dict[str, Any], space: Space, logs: Path, threads: int | None
+) -> str:
     """Run one trial as a DVC experiment; its name. Raises ``RuntimeError`` when the run fails."""
     name = f"{study_name}-t{number}"
     cmd = ["dvc", "exp", "run", "--temp", "-n", name]
@@ -159,6 +168,8 @@ def _run_trial(study_name: str, number: int, values: dict[str, Any], space: Spac
         cmd += ["-S", override]
     cmd.append(space.target)
     env = {**os.environ, STUDY_ENV: study_name, TRIAL_ENV: str(number)}
+    if threads:  # several workers on one machine: each trial's PyTorch gets its share of the cores
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     logs.mkdir(parents=True, exist_ok=True)
     log = logs / f"{name}.log"
     with log.open("w") as out:
@@ -170,33 +181,53 @@ def _run_trial(study_name: str, number: int, values: dict[str, Any], space: Spac
     return name
 
 
-def _objective_of(study_name: str, number: int, space: Space) -> float:
-    """The trial's objective, from its distill (and evaluate) runs in MLflow."""
+def _experiment_commit(name: str) -> str:
+    """The commit ``dvc exp run -n NAME`` left (its ref is ``refs/exps/../../NAME``)."""
+    refs = subprocess.run(
+        ["git", "for-each-ref", "--format=%(objectname) %(refname)", "refs/exps"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split("\n")  # fmt: skip
+    found = [line.split()[0] for line in refs if line.endswith(f"/{name}")]
+    if not found:
+        raise RuntimeError(f"no DVC experiment named {name} (git refs/exps)")
+    return found[0]
+
+
+def _objective_of(name: str, number: int, space: Space) -> float:
+    """The trial's objective, read from the experiment's own outputs: the model's ``history.csv`` (last
+    epoch) and evaluate's metrics file. They are there whether its stages ran or DVC restored them from
+    its run cache (a trial with the same params as an earlier run), when no stage run reaches MLflow."""
+    import csv
+    import io
+
+    import dvc.api
+
+    rev = _experiment_commit(name)
+    params = yaml.safe_load(subprocess.run(["git", "show", f"{rev}:params.yaml"], capture_output=True,
+                                           text=True, check=True).stdout)  # fmt: skip
+    model, column = space.metric.split(".", 1)
+    history = f"{params['paths'][model]}/history.csv"
+    rows = list(csv.DictReader(io.StringIO(dvc.api.read(history, repo=".", rev=rev))))
+    if not rows or column not in rows[-1]:
+        raise RuntimeError(f"trial {number}: {history} of {name} has no column {column!r}")
+    value = float(rows[-1][column])
+    if space.latency_penalty:
+        metrics = json.loads(dvc.api.read(params["paths"]["metrics"], repo=".", rev=rev))
+        value -= space.latency_penalty * float(metrics[LATENCY_METRIC])
+    _log_objective(name, number, value)
+    return value
+
+
+def _log_objective(name: str, number: int, value: float) -> None:
+    """The objective on the trial's parent run, when its stages ran (a fully cached trial has none)."""
     from mlflow.tracking import MlflowClient
 
+    from pipeline.tracking import STAGE_TAG, SWEEP_TRIAL_TAG
+
     client = MlflowClient()
-    flt = f"tags.`distillops.sweep.study` = '{study_name}' and tags.`distillops.sweep.trial` = '{number}'"
-    runs = {
-        r.data.tags.get("distillops.stage"): r
-        for r in client.search_runs(
-            [e.experiment_id for e in client.search_experiments()],
-            flt,
-            order_by=["attributes.start_time ASC"],
-        )
-    }
-    distill = runs.get("distill")
-    if distill is None or space.metric not in distill.data.metrics:
-        raise RuntimeError(f"trial {number}: no distill run with {space.metric!r} in MLflow")
-    value = distill.data.metrics[space.metric]
-    if space.latency_penalty:
-        evaluate = runs.get("evaluate")
-        if evaluate is None or LATENCY_METRIC not in evaluate.data.metrics:
-            raise RuntimeError(f"trial {number}: no evaluate run with {LATENCY_METRIC!r} in MLflow")
-        value -= space.latency_penalty * evaluate.data.metrics[LATENCY_METRIC]
-    parent = runs.get("pipeline")
-    if parent is not None:
+    flt = f"tags.`{STAGE_TAG}` = 'pipeline' and attributes.run_name = '{name}' and tags.`{SWEEP_TRIAL_TAG}` = '{number}'"
+    for parent in client.search_runs([e.experiment_id for e in client.search_experiments()], flt):
         client.log_metric(parent.info.run_id, "sweep.objective", value)
-    return value
 
 
 def _open_study(study_name: str, storage: str, seed: int | None, attempts: int = 5) -> Any:
@@ -220,7 +251,15 @@ def _open_study(study_name: str, storage: str, seed: int | None, attempts: int =
     raise AssertionError("unreachable")
 
 
-def run_worker(space: Space, study_name: str, trials: int, storage: str, logs: Path, seed: int | None) -> Any:
+def run_worker(
+    space: Space,
+    study_name: str,
+    trials: int,
+    storage: str,
+    logs: Path,
+    seed: int | None,
+    threads: int | None = None,
+) -> Any:
     """Run trials until the study holds ``trials`` of them; the study."""
     import optuna
     from optuna.trial import TrialState
@@ -243,9 +282,9 @@ def run_worker(space: Space, study_name: str, trials: int, storage: str, logs: P
             flush=True,
         )
         try:
-            name = _run_trial(study_name, trial.number, values, space, logs)
+            name = _run_trial(study_name, trial.number, values, space, logs, threads)
             trial.set_user_attr("dvc_experiment", name)
-            value = _objective_of(study_name, trial.number, space)
+            value = _objective_of(name, trial.number, space)
         except RuntimeError as exc:
             print(f"[sweep {study_name}] trial {trial.number} failed: {exc}", flush=True)
             study.tell(trial, state=TrialState.FAIL)
@@ -280,7 +319,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.trials < 1:
         raise DistillopsError(f"--trials {args.trials}: expected at least 1")
     try:
-        study = run_worker(space, args.study, args.trials, storage, Path(args.logs), args.seed)
+        study = run_worker(space, args.study, args.trials, storage, Path(args.logs), args.seed, args.threads)
     except Exception as exc:
         if type(exc).__module__.startswith(("sqlalchemy", "optuna", "psycopg")):
             raise DistillopsError(
@@ -315,6 +354,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--storage",
         help=f"Optuna storage URI (default: ${STORAGE_ENV}, else sqlite:///sweeps/optuna.db): "
         "postgresql://... for workers on several machines",
+    )
+    sweep.add_argument(
+        "--threads",
+        type=int,
+        help="PyTorch threads per trial (OMP_NUM_THREADS); with W workers on a machine of C cores use C/W: "
+        "oversubscribed cores make every trial several times slower",
     )
     sweep.add_argument("--seed", type=int, help="the sampler's seed (reproducible with one worker)")
     sweep.add_argument("--logs", default="sweeps/logs", help="each trial's output (default: sweeps/logs)")

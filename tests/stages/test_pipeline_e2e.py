@@ -385,6 +385,80 @@ def test_second_repro_does_nothing(repro, pipeline_env):
     print(f"second dvc repro: {elapsed:.1f} s")
 
 
+def test_dvc_remote_round_trip_gives_a_fresh_clone_that_reruns_nothing(repro, pipeline_env, tmp_path):
+    """The team's round trip through a DVC remote (a local folder here): `dvc push --run-cache` from the
+    pipeline's repository, commit dvc.lock, the remote in .dvc/config and the git-tracked metrics, `git
+    clone` it, `dvc pull --run-cache` in the clone: every output of dvc.lock is there with the source's
+    bytes, `dvc status` is clean and `dvc repro` runs no stage. The repository is put back as it was
+    (HEAD, index, .dvc/config), so the tests after this one see the state they expect."""
+    import hashlib
+
+    repo, _ = repro
+    clone, remote = tmp_path / "clone", tmp_path / "remote"
+    remote.mkdir()
+
+    def git(*args: str, cwd: Path = repo) -> str:
+        return sh(["git", *args], cwd, pipeline_env).stdout.strip()
+
+    def dvc_status(cwd: Path) -> dict:
+        return json.loads(sh(["dvc", "status", "--json"], cwd, pipeline_env).stdout or "{}")
+
+    def files_of(root: Path, rel: str) -> dict[str, str]:
+        """md5 of each file of the output ``rel`` (a file or a folder) under ``root``."""
+        path = root / rel
+        found = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        return {p.relative_to(root).as_posix(): hashlib.md5(p.read_bytes()).hexdigest() for p in found}
+
+    def run_cache(root: Path) -> set[str]:
+        return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}  # none: empty
+
+    assert dvc_status(repo) == {}, "the pipeline's repository must be up to date before the round trip"
+    head, index, config = git("rev-parse", "HEAD"), git("write-tree"), (repo / ".dvc/config").read_bytes()
+    before = git("status", "--porcelain")
+    try:
+        sh(["dvc", "remote", "add", "-d", "storage", str(remote)], repo, pipeline_env)
+        t0 = time.perf_counter()
+        pushed = sh(["dvc", "push", "--run-cache"], repo, pipeline_env)
+        push_s = time.perf_counter() - t0
+        # the run cache went too: one entry per stage DVC can cache runs of (not a stage with plain
+        # `cache: false` outputs, such as evaluate's figures)
+        entries = run_cache(repo / ".dvc/cache/runs")
+        assert entries and run_cache(remote / "runs") == entries, pushed.stdout
+        cmds = {yaml.safe_load((remote / "runs" / e).read_text())["cmd"] for e in entries}
+        assert {f"python -m pipeline.{s}" for s in STAGES[:-1]} <= cmds, cmds
+        # what a user commits: the lock file, the remote's address and the metrics git tracks
+        git("add", "dvc.lock", ".dvc/config", "reports/metrics.json")
+        git("commit", "-qm", "results and their DVC remote")
+        git("clone", "-q", str(repo), str(clone), cwd=tmp_path)
+
+        t0 = time.perf_counter()
+        pulled = sh(["dvc", "pull", "--run-cache"], clone, pipeline_env)
+        pull_s = time.perf_counter() - t0
+        print(f"dvc push --run-cache: {push_s:.1f} s ({pushed.stdout.strip().splitlines()[-1]})")
+        print(f"dvc pull --run-cache: {pull_s:.1f} s ({pulled.stdout.strip().splitlines()[-1]})")
+        assert run_cache(clone / ".dvc/cache/runs") == entries
+
+        lock = yaml.safe_load((repo / "dvc.lock").read_text())
+        outs = [out["path"] for stage in lock["stages"].values() for out in stage.get("outs", [])]
+        source = {k: v for rel in outs for k, v in files_of(repo, rel).items()}
+        copied = {k: v for rel in outs for k, v in files_of(clone, rel).items()}
+        assert len(source) >= 14 and "models/onnx/student.onnx" in source
+        missing = sorted(set(source) - set(copied))
+        assert not missing, f"outputs of dvc.lock missing from the clone after dvc pull: {missing}"
+        assert copied == source, [k for k in source if copied[k] != source[k]]
+
+        assert dvc_status(clone) == {}
+        again = sh(["dvc", "repro"], clone, pipeline_env)
+        assert "Running stage" not in again.stdout, again.stdout
+        for stage in STAGES:
+            assert f"Stage '{stage}' didn't change, skipping" in again.stdout, again.stdout
+    finally:  # back to the fixture's state: HEAD, index and .dvc/config as they were, no remote
+        git("reset", "-q", "--soft", head)
+        git("read-tree", index)
+        (repo / ".dvc/config").write_bytes(config)
+    assert git("rev-parse", "HEAD") == head and git("status", "--porcelain") == before
+
+
 @pytest.mark.parametrize(
     ("module", "changed"),
     [
@@ -550,15 +624,18 @@ def test_transfer_then_distil_through_dvc_exp_run_reruns_from_the_transfer_stage
 
 
 def test_a_queued_sweep_shows_in_dvc_exp_show_and_in_mlflow(repro, pipeline_env):
-    """`dvc exp run --queue -S ...` twice, `dvc queue start` with one worker against the default SQLite
-    store: both experiments in `dvc exp show`, each with its own parent run in MLflow named after it."""
+    """`dvc exp run --queue -S ...` twice, `dvc queue start -j 2` (two workers at once) on a fresh SQLite
+    store: the store is created once (no half-migrated schema), both experiments are in `dvc exp show`,
+    each with its own parent run in MLflow named after it."""
     from mlflow.tracking import MlflowClient
 
     repo, _ = repro
+    store = repo / "queued" / "mlflow.db"  # fresh: the first two stages to start create it together
+    env = {**pipeline_env, "MLFLOW_TRACKING_URI": f"sqlite:///{store}"}
     for t in (2, 4):
         losses = f"distill.losses=[{{name: kd, weight: 0.5, temperature: {t}}}, {{name: ce, weight: 0.5}}]"
-        sh(["dvc", "exp", "run", "--queue", "-n", f"kd-t{t}", "-S", losses], repo, pipeline_env)
-    sh(["dvc", "queue", "start", "-j", "1"], repo, pipeline_env)
+        sh(["dvc", "exp", "run", "--queue", "-n", f"kd-t{t}", "-S", losses], repo, env)
+    sh(["dvc", "queue", "start", "-j", "2"], repo, env)
     try:
         deadline = time.time() + 600
         while True:
@@ -576,7 +653,7 @@ def test_a_queued_sweep_shows_in_dvc_exp_show_and_in_mlflow(repro, pipeline_env)
     assert {"kd-t2", "kd-t4"} <= set(rows)
     for name in ("kd-t2", "kd-t4"):
         assert 0 <= float(rows[name][header.index("student.accuracy")]) <= 1
-    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    client = MlflowClient(f"sqlite:///{store}")
     exp = client.get_experiment_by_name("distillops")
     for t in (2, 4):
         parent = client.search_runs(

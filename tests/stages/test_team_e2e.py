@@ -197,7 +197,19 @@ def test_a_sweep_of_two_workers_shares_one_study_in_postgresql(team, monkeypatch
         "  distill.lr: {float: [0.001, 0.01], log: true}\n"
     )
     env = {**as_user("alice", server, team["env"]), "DISTILLOPS_SWEEP_STORAGE": storage}
-    cmd = [sys.executable, "-m", "pipeline.cli", "sweep", "space.yaml", "--study", "tiny", "--trials", "4"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline.cli",
+        "sweep",
+        "space.yaml",
+        "--study",
+        "tiny",
+        "--trials",
+        "4",
+        "--threads",
+        "1",
+    ]
     t0 = time.perf_counter()
     workers = [
         subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
