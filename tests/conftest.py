@@ -114,3 +114,28 @@ def fake_dist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Calla
     from pipeline import registry
 
     registry.rescan()
+
+
+def at_once(action: Callable[[], object], processes: int) -> tuple[list[str], list[int]]:
+    """Run ``action`` in ``processes`` forked processes released at the same instant (what was imported
+    before is shared, so they start fast); each one's outcome ("ok" or its exception) and the pids."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    start, results = ctx.Event(), ctx.Queue()
+
+    def run() -> None:
+        start.wait()
+        try:
+            action()
+            results.put("ok")
+        except Exception as exc:  # the failure is what the caller reports
+            results.put(f"{type(exc).__name__}: {exc}")
+
+    procs = [ctx.Process(target=run) for _ in range(processes)]
+    for proc in procs:
+        proc.start()
+    start.set()
+    for proc in procs:
+        proc.join(120)
+    return [results.get(timeout=5) for _ in procs], [proc.pid for proc in procs]

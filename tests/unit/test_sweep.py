@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import multiprocessing
 from pathlib import Path
 
 import pytest
 
 from pipeline import sweep
 from pipeline.errors import DistillopsError
+from tests.conftest import at_once
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -65,26 +65,10 @@ def test_overrides_are_yaml_values_dvc_reads_back():
     ]
 
 
-def _open(storage: str, start, results) -> None:
-    start.wait()
-    try:
-        sweep._open_study("s", storage, seed=None)
-        results.put("ok")
-    except Exception as exc:  # the failure is what the test reports
-        results.put(f"{type(exc).__name__}: {exc}")
-
-
 def test_workers_starting_together_on_a_fresh_storage_all_open_the_study(tmp_path):
     import optuna  # imported before the fork: the workers start at once
 
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    ctx = multiprocessing.get_context("fork")
-    start, results = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_open, args=(storage, start, results)) for _ in range(3)]
-    for p in procs:
-        p.start()
-    start.set()
-    for p in procs:
-        p.join(120)
-    assert [results.get(timeout=5) for _ in procs] == ["ok"] * 3
+    outcomes, _ = at_once(lambda: sweep._open_study("s", storage, seed=None), 3)
+    assert outcomes == ["ok"] * 3
     assert [s.study_name for s in optuna.get_all_study_summaries(storage)] == ["s"]

@@ -11,7 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline import interrupts, provenance, tracking
-from tests.conftest import repo_params
+from tests.conftest import at_once, repo_params
 
 
 def runs(uri: str, experiment: str = "tests"):
@@ -108,7 +108,7 @@ def test_only_rank_zero_tracks(tmp_path, monkeypatch, mlflow_store):
 STAGE_SCRIPT = """
 import sys
 from pipeline import tracking
-from tests.conftest import repo_params
+from tests.conftest import at_once, repo_params
 
 stage, outcome = sys.argv[1], sys.argv[2]
 with tracking.stage_run(stage, repo_params(), "params.yaml"):
@@ -206,35 +206,15 @@ def test_a_skipped_stage_is_linked_to_the_run_that_produced_its_outputs(mlflow_s
     )
 
 
-def _open_fresh_store(uri: str, start, results) -> None:
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    start.wait()
-    try:
-        client = tracking.open_client()
-        client.create_experiment(f"exp-{os.getpid()}")
-        results.put("ok")
-    except Exception as exc:  # the failure is what the test reports
-        results.put(f"{type(exc).__name__}: {exc}")
-
-
-def test_processes_starting_at_once_on_a_fresh_sqlite_store_all_get_it(tmp_path):
+def test_processes_starting_at_once_on_a_fresh_sqlite_store_all_get_it(tmp_path, monkeypatch):
     """Four processes open one fresh SQLite store at the same instant (as `dvc queue start -j 2` starts
     stages): the schema is created once, under the lock beside the file, and every process can write."""
-    import multiprocessing
-
     uri = f"sqlite:///{tmp_path / 'fresh' / 'mlflow.db'}"
-    ctx = multiprocessing.get_context("fork")  # mlflow is imported already: the children start fast
-    start, results = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_open_fresh_store, args=(uri, start, results)) for _ in range(4)]
-    for p in procs:
-        p.start()
-    start.set()
-    for p in procs:
-        p.join(120)
-    outcomes = [results.get(timeout=5) for _ in procs]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    outcomes, pids = at_once(lambda: tracking.open_client().create_experiment(f"exp-{os.getpid()}"), 4)
     assert outcomes == ["ok"] * 4, outcomes
     names = {e.name for e in MlflowClient(uri).search_experiments()}
-    assert {f"exp-{p.pid}" for p in procs} <= names
+    assert {f"exp-{pid}" for pid in pids} <= names
 
 
 def test_an_unreachable_or_broken_store_fails_in_seconds_naming_it(tmp_path, monkeypatch):
