@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
@@ -23,6 +25,19 @@ import yaml
 from pipeline.errors import ParamsError
 
 DEFAULT_PARAMS_FILE = "params.yaml"
+
+
+class _Loader(yaml.SafeLoader):
+    """yaml's safe loader, except that a value it cannot build (the date 2024-13-45, ``!!float abc``, an
+    integer of thousands of digits) is a YAML error at its line, not a ValueError."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, OverflowError) as exc:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read this value ({exc})", node.start_mark
+            ) from None
 
 
 # The settings that take one of a few words. Members are strings (``Optimizer.SGD == "sgd"``); the parser
@@ -326,9 +341,14 @@ def load_params(path: str | Path = DEFAULT_PARAMS_FILE) -> Params:
     except OSError as exc:
         raise ParamsError(f"{path}: cannot be read ({exc.strerror or type(exc).__name__})") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+    except RecursionError:  # the YAML reader recurses once per level of nesting
+        raise ParamsError(
+            f"{path}: nested too deeply to read (lists or mappings hundreds of levels inside one another); "
+            f"no setting of a params file is more than a few levels deep"
+        ) from None
     return parse_params(raw if raw is not None else {}, source=str(path))
 
 
@@ -350,14 +370,25 @@ def _fail(source: str, key: str, message: str) -> typing.NoReturn:
     raise ParamsError(f"{source}: {key or '<top level>'}: {message}")
 
 
+def _shown(key: Any) -> str:
+    """A key as messages show it: as written, or quoted with its escapes (``'epochs\\n'``) when it would not
+    show as written on one line (a line break, a control or invisible character, surrounding spaces)."""
+    text = str(key)
+    return text if text and text.isprintable() and text.strip() == text else repr(text)
+
+
 def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
     if not isinstance(raw, Mapping):
-        _fail(source, prefix, f"expected a mapping of keys to values, got {type(raw).__name__} {raw!r}")
+        _fail(
+            source,
+            prefix.removesuffix("."),
+            f"expected a mapping of keys to values, got {type(raw).__name__} {raw!r}",
+        )
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     for key in raw:
         if key not in names:
-            dotted = f"{prefix}{key}"
+            dotted = f"{prefix}{_shown(key)}"
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
             _fail(source, dotted, f"unknown key{hint}; accepted keys here: {', '.join(names)}")
@@ -406,13 +437,28 @@ def _convert(tp: Any, value: Any, key: str, source: str) -> Any:
         if value not in allowed:
             _fail(source, key, f"{value!r} is not one of: {', '.join(allowed)}")
         return tp(value)
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return _finite(value, key, source)
     if tp is bool and not isinstance(value, bool) or tp is not bool and isinstance(value, bool):
         _fail(source, key, f"expected {_type_name(tp)}, got {value!r}")
     if not isinstance(value, tp):
         _fail(source, key, f"expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
     return value
+
+
+def _as_float(value: int | float) -> float:
+    try:
+        return float(value)
+    except OverflowError:  # an integer beyond any float
+        return math.inf if value > 0 else -math.inf
+
+
+def _finite(value: int | float, key: str, source: str) -> float:
+    """A number as a float, refusing NaN and infinities (YAML's .nan and .inf), which no setting takes."""
+    number = _as_float(value)
+    if not math.isfinite(number):
+        _fail(source, key, f"expected a finite number, got {value!r}")
+    return number
 
 
 def _plugin_spec(tp: type, value: Any, key: str, source: str) -> PluginSpec:
@@ -425,7 +471,9 @@ def _plugin_spec(tp: type, value: Any, key: str, source: str) -> PluginSpec:
         weight = kwargs.pop("weight", 1.0)
         if isinstance(weight, bool) or not isinstance(weight, int | float):
             _fail(source, f"{key}.weight", f"expected a number, got {weight!r}")
-        return LossSpec(value["name"], types.MappingProxyType(kwargs), float(weight))
+        return LossSpec(
+            value["name"], types.MappingProxyType(kwargs), _finite(weight, f"{key}.weight", source)
+        )
     return PluginSpec(value["name"], types.MappingProxyType(kwargs))
 
 
@@ -463,7 +511,9 @@ def _imported(value: Any, key: str, source: str) -> ImportedTeacher:
             close = difflib.get_close_matches(str(k), sorted(allowed), n=1)
             hint = f" (did you mean '{key}.{close[0]}'?)" if close else ""
             _fail(
-                source, f"{key}.{k}", f"unknown key{hint}; accepted keys here: {', '.join(sorted(allowed))}"
+                source,
+                f"{key}.{_shown(k)}",
+                f"unknown key{hint}; accepted keys here: {', '.join(sorted(allowed))}",
             )
     location = value[kind]
     if not isinstance(location, str) or not location:
@@ -480,8 +530,12 @@ def _imported(value: Any, key: str, source: str) -> ImportedTeacher:
     if output is not None and output not in ("logits", "probabilities"):
         _fail(source, f"{key}.output", f"{output!r} is not one of: logits, probabilities")
     weight = value.get("weight", 1.0)
-    if isinstance(weight, bool) or not isinstance(weight, int | float) or weight <= 0:
-        _fail(source, f"{key}.weight", f"expected a number > 0, got {weight!r}")
+    if (
+        isinstance(weight, bool)
+        or not isinstance(weight, int | float)
+        or not 0 < _as_float(weight) < math.inf
+    ):
+        _fail(source, f"{key}.weight", f"expected a number > 0 (finite), got {weight!r}")
     return ImportedTeacher(kind, location, spec, spec_input, output, float(weight))
 
 
@@ -508,6 +562,14 @@ def _check_input(spec: InputSpec, key: str, source: str) -> None:
 
 def _check_values(p: Params, source: str) -> None:
     flat = flatten(p)
+    for f in dataclasses.fields(Paths):
+        path = getattr(p.paths, f.name)
+        if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in path):
+            _fail(
+                source,
+                f"paths.{f.name}",
+                f"{path!r} holds a line break or another control character; write the path without it",
+            )
     positive = [
         "data.val_size",
         "target.test_size",
@@ -531,6 +593,8 @@ def _check_values(p: Params, source: str) -> None:
             )
         if getattr(p, stage).lr <= 0:
             _fail(source, f"{stage}.lr", f"must be > 0, got {getattr(p, stage).lr}")
+        if getattr(p, stage).weight_decay < 0:  # the optimizers refuse it, but only once training starts
+            _fail(source, f"{stage}.weight_decay", f"must be >= 0, got {getattr(p, stage).weight_decay}")
     for key in ("data.train_limit", "data.test_limit", "runtime.threads", "evaluate.latency_threads"):
         if flat[key] is not None:
             positive.append(key)

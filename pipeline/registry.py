@@ -147,7 +147,7 @@ def get(group: str, name: str, eps: Iterable[EntryPoint] | None = None) -> Plugi
         close = difflib.get_close_matches(name, list(plugins), n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
         available = ", ".join(plugins) or "none installed"
-        raise PluginError(f"unknown {group} plugin '{name}'.{hint} Available: {available}.")
+        raise PluginError(f"unknown {group} plugin {name!r}.{hint} Available: {available}.")
     return plugins[name]
 
 

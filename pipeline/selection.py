@@ -51,8 +51,15 @@ class Plugin:
         except Exception as exc:
             raise PluginError(
                 f"{self.info.group} plugin '{self.info.name}' ({self.info.provenance}) raised during stage "
-                f"'{self.stage}': {type(exc).__name__}: {exc}"
+                f"'{self.stage}': {first_line(exc)}"
             ) from exc
+
+
+def first_line(exc: BaseException) -> str:
+    """``Type: message`` of an exception a plugin raised, its message cut to the first line: a stage prints
+    errors on one line, and torch's carry a C++ stack trace on the lines below."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 def plugin_tags(plugins: Sequence[Plugin]) -> dict[str, str]:
@@ -92,9 +99,7 @@ class Selected:
         except PluginError:
             raise
         except Exception as exc:
-            raise PluginError(
-                f"{where} rejected {self.spec.describe()}: {type(exc).__name__}: {exc}"
-            ) from exc
+            raise PluginError(f"{where} rejected {self.spec.describe()}: {first_line(exc)}") from exc
         if not callable(obj):
             raise PluginError(f"{where} returned a {type(obj).__name__}, which is not callable")
         if self.group == "models" and not isinstance(obj, nn.Module):

@@ -47,7 +47,7 @@ def _check_range(value: Sequence[float], name: str, low: float, high: float) -> 
         and low <= value[0] <= value[1] <= high
     )
     if not ok or (low == 0 and value[0] <= 0):
-        raise ValueError(f"{name} must be a pair (min, max) with {low} < min <= max <= {high}, got {value}")
+        raise ValueError(f"{name} must be a pair (min, max) with {low} < min <= max <= {high}, got {value!r}")
     return float(value[0]), float(value[1])
 
 

@@ -513,7 +513,7 @@ def torchvision(
         close = difflib.get_close_matches(str(arch), archs, n=3)
         hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         raise ValueError(
-            f"unknown torchvision classification architecture '{arch}'.{hint} Available: {', '.join(archs)}."
+            f"unknown torchvision classification architecture {arch!r}.{hint} Available: {', '.join(archs)}."
         )
     if resize is not None and (isinstance(resize, bool) or not isinstance(resize, int) or resize < 1):
         raise ValueError(f"resize must be a positive integer (pixels) or null, got {resize!r}")

@@ -117,6 +117,7 @@ def test_wrong_types_name_the_key(tmp_path, data, key, expected):
         ({"distill": {"losses": []}}, "distill.losses"),
         ({"export": {"atol": 0}}, "export.atol"),
         ({"transfer": {"lr": -1}}, "transfer.lr"),
+        ({"teacher": {"weight_decay": -0.1}}, "teacher.weight_decay"),
         ({"distill": {"warm_start": {"fraction": 0, "epochs": 1}}}, "distill.warm_start.fraction"),
         ({"distill": {"warm_start": {"fraction": 0.1, "epochs": 0}}}, "distill.warm_start.epochs"),
         ({"distill": {"warm_start": {"fraction": 0.1}}}, "distill.warm_start.epochs"),
