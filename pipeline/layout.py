@@ -39,6 +39,7 @@ VAL_LOSS = "val_loss"  # cross-entropy on the validation split
 VAL_ACCURACY = "val_accuracy"
 LR = "lr"  # the first parameter group's learning rate at the end of the epoch
 LOSS_TERM = "loss_{}"  # each loss plugin's own term, e.g. loss_kd
+LOSS_STATE = "{}_{}"  # a reading a loss module reports at the end of an epoch, e.g. ctkd_temperature
 # ... and once it is trained
 TEST_ACCURACY = "test_accuracy"
 TRAIN_SECONDS = "train_seconds"

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pipeline import layout
 from pipeline.errors import PluginError, TrainingDiverged
 from pipeline.params import LossSpec
 from pipeline.protocols import LossInputs, requires_teacher, student_taps, teacher_taps, uses_labels
@@ -73,6 +74,16 @@ class LossSet:
     def fingerprint(self) -> list[tuple[str, float]]:
         """What a checkpoint must agree on to be resumed."""
         return [(t.plugin.describe(), t.weight) for t in self.terms]
+
+    def metrics(self) -> dict[str, float]:
+        """What loss objects with a ``metrics()`` method report about themselves (e.g. a learned
+        temperature), keyed ``<term name>_<reading>``."""
+        out: dict[str, float] = {}
+        for term in self.terms:
+            report = getattr(term.plugin.obj, "metrics", None)
+            if callable(report):
+                out.update({layout.LOSS_STATE.format(term.name, k): float(v) for k, v in report().items()})
+        return out
 
     def check_teacher(self, has_teacher: bool) -> None:
         if self.needs_teacher and not has_teacher:

@@ -103,8 +103,11 @@ def check_loss(info: PluginInfo) -> list[str]:
     ):
         problems.append(f"no gradient reaches the student's tapped features {list(s_taps)}")
     if requires_teacher(loss) and not s_taps and not t_taps:
-        same = loss(LossInputs(t_logits.clone(), t_logits, y, y.argmax(1)))
-        other = loss(LossInputs(t_logits.flip(0), t_logits, y, y.argmax(1)))
+        # on labels the teacher agrees with, so that a loss with a label term (e.g. nkd) may be checked too
+        agreed = t_logits.argmax(1)
+        rows = torch.nn.functional.one_hot(agreed, CLASSES).float()
+        same = loss(LossInputs(t_logits.clone(), t_logits, rows, agreed))
+        other = loss(LossInputs(t_logits.flip(0), t_logits, rows, agreed))
         if not float(same) <= float(other) + 1e-6:
             problems.append(
                 f"student == teacher does not give the smaller loss ({float(same):.4g} vs {float(other):.4g})"

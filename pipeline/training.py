@@ -582,6 +582,7 @@ class Trainer:
             layout.VAL_ACCURACY: accuracy(logits, labels),
             layout.LR: run.opt.param_groups[0]["lr"],
             **{k: v / seen for k, v in sums.items() if k.startswith(layout.LOSS_TERM.format(""))},
+            **self.losses.metrics(),
         }
 
     # --- one step --------------------------------------------------------------------------------------

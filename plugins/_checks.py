@@ -54,6 +54,14 @@ def number(
     return v
 
 
+def flag(name: str, value: Any) -> bool:
+    """``value`` as a bool: ``true`` or ``false`` only (not 0/1 or a string, which YAML may have meant
+    otherwise)."""
+    if not isinstance(value, bool):
+        _fail(name, "true or false", value)
+    return value
+
+
 def integer(name: str, value: Any, low: int | None = None) -> int:
     """``value`` as an int: a whole number (``3.0`` is accepted), at least ``low``."""
     allowed = "an integer" if low is None else f"an integer >= {low}"

@@ -5,6 +5,7 @@ a class docstring is the plugin's summary in ``distillops plugins list`` and the
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +14,7 @@ from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedParameter
 
 from pipeline.protocols import LossInputs
-from plugins._checks import integer, number
+from plugins._checks import flag, integer, number
 
 
 def _require_teacher(inputs: LossInputs, name: str) -> None:
@@ -28,6 +29,36 @@ def _term_weights(*terms: tuple[str, float]) -> tuple[float, ...]:
         names = " and ".join(name for name, _ in terms)
         raise ValueError(f"{names} must not all be 0 (the loss would always be 0), got {weights}")
     return weights
+
+
+def standardized(z: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    r"""Logit standardisation: each row of logits shifted to mean 0 and scaled to standard deviation 1
+    over the classes (Sun et al., "Logit Standardization in Knowledge Distillation", CVPR 2024):
+
+    .. math:: \mathcal{Z}(z) = \frac{z - \bar z}{\sigma(z) + \epsilon},\quad
+       \bar z = \frac{1}{K}\sum_k z_k,\quad \sigma(z) = \sqrt{\frac{1}{K}\sum_k (z_k - \bar z)^2}
+
+    Softmax does not change when a constant is added to a row, so the shift changes nothing by itself; the
+    scaling gives every row (of the teacher and of the student) the same spread before the temperature
+    divides it. Plain KD asks a small student to reproduce the teacher's logit *range* as well as the
+    order and relative gaps of its classes; standardised, it is asked for the latter only, and each row
+    gets its own effective temperature :math:`T\,\sigma(z)`."""
+    z = z - z.mean(dim=1, keepdim=True)
+    return z / (z.pow(2).mean(dim=1, keepdim=True).sqrt() + eps)
+
+
+def _logit_pair(inputs: LossInputs, standardize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(student, teacher) logits as float32, standardised per row when asked."""
+    s, t = inputs.student_logits.float(), inputs.teacher_logits.float()
+    return (standardized(s), standardized(t)) if standardize else (s, t)
+
+
+def _soft_kl(s: torch.Tensor, t: torch.Tensor, temperature: float | torch.Tensor) -> torch.Tensor:
+    r""":math:`T^2 \cdot` the batch mean of KL(softmax(t/T) || softmax(s/T))."""
+    log_p_student = F.log_softmax(s / temperature, dim=1)
+    log_p_teacher = F.log_softmax(t / temperature, dim=1)
+    kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
+    return kl * (temperature * temperature)
 
 
 class CrossEntropy:
@@ -55,7 +86,7 @@ class CrossEntropy:
 
 
 class KnowledgeDistillation:
-    r"""Hinton et al. 2015 soft-target KL at temperature T, scaled by T^2.
+    r"""Hinton et al. 2015 soft-target KL at temperature T, scaled by T^2 (optionally on standardised logits).
 
     Soft-target distillation (Hinton, Vinyals and Dean, "Distilling the Knowledge in a Neural
     Network", 2015):
@@ -64,22 +95,22 @@ class KnowledgeDistillation:
        \mathrm{softmax}(s_i/T)\big)
 
     The :math:`T^2` factor keeps the gradient scale independent of the temperature, so the weight of
-    this term relative to a hard-label term need not change when T does.
+    this term relative to a hard-label term need not change when T does. With ``standardize: true``
+    both rows are first standardised, :math:`s_i \to \mathcal{Z}(s_i)`, :math:`t_i \to \mathcal{Z}(t_i)`
+    (see :func:`standardized`; Sun et al., CVPR 2024), and T is the temperature of the standardised
+    logits (their paper uses about 2 where plain KD uses 4).
     """
 
     requires_teacher = True
     uses_labels = False  # reads the teacher's outputs only, so it also learns from unlabelled images
 
-    def __init__(self, temperature: float = 4.0) -> None:
+    def __init__(self, temperature: float = 4.0, standardize: bool = False) -> None:
         self.temperature = number("temperature", temperature, 0, low_open=True)
+        self.standardize = flag("standardize", standardize)
 
     def __call__(self, inputs: LossInputs) -> torch.Tensor:
         _require_teacher(inputs, "kd")
-        t = self.temperature
-        log_p_student = F.log_softmax(inputs.student_logits.float() / t, dim=1)
-        log_p_teacher = F.log_softmax(inputs.teacher_logits.float() / t, dim=1)
-        kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
-        return kl * (t * t)
+        return _soft_kl(*_logit_pair(inputs, self.standardize), self.temperature)
 
 
 class LogitMSE:
@@ -133,18 +164,24 @@ class DecoupledKD:
     term (NCKD: KL between the distributions over the other classes), weighted separately:
 
     .. math:: \mathcal{L} = T^2\,(\alpha\,\mathrm{KL}(b^t \| b^s) + \beta\,\mathrm{KL}(\hat p^t \| \hat p^s))
+
+    With ``standardize: true`` both logit rows are standardised first (see :func:`standardized`).
     """
 
     requires_teacher = True
 
-    def __init__(self, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0) -> None:
+    def __init__(
+        self, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0, standardize: bool = False
+    ) -> None:
         self.alpha, self.beta = _term_weights(("alpha", alpha), ("beta", beta))
         self.temperature = number("temperature", temperature, 0, low_open=True)
+        self.standardize = flag("standardize", standardize)
 
     def __call__(self, inputs: LossInputs) -> torch.Tensor:
         _require_teacher(inputs, "dkd")
         t = self.temperature
-        s_logits, t_logits = inputs.student_logits.float() / t, inputs.teacher_logits.float() / t
+        s_logits, t_logits = _logit_pair(inputs, self.standardize)
+        s_logits, t_logits = s_logits / t, t_logits / t
         gt = F.one_hot(inputs.labels, s_logits.shape[1]).bool()
         p_s, p_t = F.softmax(s_logits, dim=1), F.softmax(t_logits, dim=1)
         b_s = torch.stack([(p_s * gt).sum(1), (p_s * ~gt).sum(1)], dim=1).clamp_min(1e-8)
@@ -155,6 +192,129 @@ class DecoupledKD:
         log_q_t = F.log_softmax(t_logits - mask, dim=1)
         nckd = F.kl_div(log_q_s, log_q_t, reduction="batchmean", log_target=True)
         return (self.alpha * tckd + self.beta * nckd) * (t * t)
+
+
+class NormalizedKD:
+    r"""NKD (Yang et al. 2023): a teacher-weighted target term plus KD on the normalised non-target classes.
+
+    Normalised knowledge distillation (Yang et al., "From Knowledge Distillation to Self-Knowledge
+    Distillation: A Unified Approach with Normalized Loss and Customized Soft Labels", ICCV 2023). KD's
+    loss splits into a target term and a non-target term whose size depends on how much probability
+    the target class leaves over; NKD renormalises the non-target probabilities to sum to 1, so that
+    the student matches the teacher's *shape* over the wrong classes however confident either is:
+
+    .. math:: \mathcal{L} = -\frac{1}{B}\sum_i p^t_{i y_i}\log p^s_{i y_i}
+       \;-\; \gamma\,T^2\,\frac{1}{B}\sum_i\sum_{k \ne y_i} q^t_{ik} \log q^s_{ik}
+
+    with :math:`p = \mathrm{softmax}(z)` and :math:`q_{ik} = \exp(z_{ik}/T) / \sum_{j \ne y_i}
+    \exp(z_{ij}/T)` (the non-target probabilities at temperature T, renormalised). The first term is a
+    cross-entropy on the label weighted by the teacher's confidence; the paper trains with NKD plus the
+    usual cross-entropy, with :math:`\gamma = 1.5` and :math:`T = 1` on ImageNet.
+    """
+
+    requires_teacher = True
+
+    def __init__(self, temperature: float = 1.0, gamma: float = 1.5) -> None:
+        self.temperature = number("temperature", temperature, 0, low_open=True)
+        self.gamma = number("gamma", gamma, 0)
+
+    def __call__(self, inputs: LossInputs) -> torch.Tensor:
+        _require_teacher(inputs, "nkd")
+        s, t = inputs.student_logits.float(), inputs.teacher_logits.float()
+        label = inputs.labels[:, None]
+        log_p_s = F.log_softmax(s, dim=1).gather(1, label).squeeze(1)
+        p_t = F.softmax(t, dim=1).gather(1, label).squeeze(1)
+        target = -(p_t * log_p_s).mean()
+        if not self.gamma:
+            return target
+        # the target class removed from each row: softmax over the other K - 1 logits
+        keep = torch.ones_like(s, dtype=torch.bool).scatter_(1, label, False)
+        rows, k = s.shape
+        s_rest, t_rest = s[keep].view(rows, k - 1), t[keep].view(rows, k - 1)
+        temp = self.temperature
+        log_q_s = F.log_softmax(s_rest / temp, dim=1)
+        q_t = F.softmax(t_rest / temp, dim=1)
+        non_target = -(q_t * log_q_s).sum(dim=1).mean()
+        return target + self.gamma * temp * temp * non_target
+
+
+class _ReverseGradient(torch.autograd.Function):
+    """Identity forward; the gradient is multiplied by ``-scale`` on the way back."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return -ctx.scale * grad, None
+
+
+class LearnedTemperatureKD(nn.Module):
+    r"""CTKD-style KD (Li et al. 2023): a learned temperature, trained against the student on a curriculum.
+
+    Curriculum temperature KD (Li et al., "Curriculum Temperature for Knowledge Distillation", AAAI
+    2023): plain KD (:math:`T^2`-scaled KL of the softened outputs, optionally on standardised logits)
+    whose temperature is learned. The student minimises the loss; the temperature *maximises* it,
+    through a gradient-reversal layer that multiplies its gradient by :math:`-\lambda`, so the task gets
+    harder as the student gets better. :math:`\lambda` rises from 0 to ``reversal`` along a half cosine
+    over the first ``ramp_steps`` training steps (the curriculum), then stays there:
+
+    .. math:: T = T_{min} + (T_{max} - T_{min})\,\sigma(\theta),\qquad
+       \lambda_n = \lambda_{max}\,\tfrac{1}{2}\big(1 - \cos(\pi \min(n / N, 1))\big)
+
+    :math:`\theta` starts where :math:`T` equals ``temperature`` and is trained by the stage's optimiser
+    with the student (same learning rate); it and the step count :math:`n` are saved with the student
+    (``loss_weights.pt``) and in checkpoints, so a resumed run continues the curriculum. The learned
+    temperature is logged each epoch as ``ctkd_temperature``.
+    """
+
+    requires_teacher = True
+    uses_labels = False  # reads the teacher's outputs only, so it also learns from unlabelled images
+
+    def __init__(
+        self,
+        temperature: float = 4.0,
+        min_temperature: float = 1.0,
+        max_temperature: float = 16.0,
+        reversal: float = 1.0,
+        ramp_steps: int = 4000,
+        standardize: bool = False,
+    ) -> None:
+        super().__init__()
+        low = number("min_temperature", min_temperature, 0, low_open=True)
+        high = number("max_temperature", max_temperature, 0, low_open=True)
+        if high <= low:
+            raise ValueError(f"max_temperature must be > min_temperature, got {high} <= {low}")
+        start = number("temperature", temperature, low, high, low_open=True, high_open=True)
+        self.low, self.high = low, high
+        self.reversal = number("reversal", reversal, 0)
+        self.ramp_steps = integer("ramp_steps", ramp_steps, 0)
+        self.standardize = flag("standardize", standardize)
+        share = (start - low) / (high - low)
+        self.theta = nn.Parameter(torch.tensor(math.log(share / (1 - share))))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    def temperature(self) -> torch.Tensor:
+        return self.low + (self.high - self.low) * torch.sigmoid(self.theta)
+
+    def strength(self) -> float:
+        r""":math:`\lambda` at the current step."""
+        n = int(self.steps)
+        if self.ramp_steps == 0 or n >= self.ramp_steps:
+            return self.reversal
+        return self.reversal * 0.5 * (1 - math.cos(math.pi * n / self.ramp_steps))
+
+    def metrics(self) -> dict[str, float]:
+        return {"temperature": float(self.temperature().detach())}
+
+    def forward(self, inputs: LossInputs) -> torch.Tensor:
+        _require_teacher(inputs, "ctkd")
+        temp = _ReverseGradient.apply(self.temperature(), self.strength())
+        if torch.is_grad_enabled():  # a training step (not a check or an evaluation)
+            self.steps += 1
+        return _soft_kl(*_logit_pair(inputs, self.standardize), temp)
 
 
 class DIST:
