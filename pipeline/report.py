@@ -21,12 +21,13 @@ import argparse
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pipeline.atomic import write_text
 from pipeline.errors import DistillopsError
+from pipeline.tracking import DVC_EXP_TAG
 
 DEFAULT_METRICS = (
     "teacher.accuracy",
@@ -50,29 +51,137 @@ class Group:
     config: dict[str, str]
     seeds: list[str]
     values: dict[str, list[float]]
+    experiments: set[str] = field(default_factory=set)  # DVC experiment names of its runs, where named
+    label: str = ""  # what sets it apart from the other groups, in words (see :func:`labels`)
+
+
+EMPTY = ("", "None", "null", "[]", "{}")  # unset, however a version of the pipeline logged it
 
 
 def _ignored(key: str) -> bool:
     return any(key == p or key.startswith(p) for p in IGNORED_PREFIXES)
 
 
+def _moved(a: str, b: str) -> bool:
+    """Whether key ``b`` is key ``a`` with one level inserted (``data.dataset`` -> ``data.dataset.name``,
+    ``data.source`` -> ``data.dataset.source``): how a param moves when its section grows."""
+    pa, pb = a.split("."), b.split(".")
+    return len(pb) == len(pa) + 1 and any(pb[:i] + pb[i + 1 :] == pa for i in range(len(pb)))
+
+
+def renamed_keys(configs: Sequence[dict[str, str]]) -> dict[str, str]:
+    """Old param key -> the key a later version logs the same setting under: the two never occur in one
+    run, one is the other moved by a level (:func:`_moved`), and they share a value. ``configs`` are in
+    time order; the key seen last is the current one."""
+    last: dict[str, int] = {}
+    values: dict[str, set[str]] = {}
+    together: set[tuple[str, str]] = set()
+    for i, config in enumerate(configs):
+        keys = sorted(config)
+        for k in keys:
+            last[k] = i
+            values.setdefault(k, set()).add(config[k])
+        together.update((a, b) for a in keys for b in keys)
+    renames: dict[str, str] = {}
+    for a in last:
+        for b in last:
+            if (a, b) in together or not (_moved(a, b) or _moved(b, a)) or not values[a] & values[b]:
+                continue
+            old, new = (a, b) if last[a] < last[b] else (b, a)
+            renames[old] = new
+    return renames
+
+
+def _config(params: dict[str, str]) -> dict[str, str]:
+    """The params that can change results, set ones only (empty values are dropped)."""
+    return {k: v for k, v in params.items() if not _ignored(k) and v not in EMPTY}
+
+
 def group_runs(runs: Sequence[Any], metrics: Sequence[str]) -> tuple[list[str], list[Group]]:
-    """(the params that differ between groups, one group per configuration)."""
+    """(the params that differ between groups, one group per configuration). Params renamed between
+    versions of the pipeline count as one (:func:`renamed_keys`), so old and new runs of one
+    configuration are one group; each group is labelled by what sets it apart (:func:`labels`)."""
+    ordered = sorted(runs, key=lambda r: r.info.start_time or 0)
+    configs = [_config(r.data.params) for r in ordered]
+    renames = renamed_keys(configs)
     latest: dict[tuple, Any] = {}
-    for run in sorted(runs, key=lambda r: r.info.start_time or 0):
-        params = run.data.params
-        config = tuple(sorted((k, v) for k, v in params.items() if not _ignored(k)))
-        latest[(config, params.get("seed", ""))] = run  # a rerun of the same seed replaces the earlier one
+    for run, raw in zip(ordered, configs, strict=True):
+        config = tuple(sorted((renames.get(k, k), v) for k, v in raw.items()))
+        latest[(config, run.data.params.get("seed", ""))] = run  # a rerun of a seed replaces the earlier one
     groups: dict[tuple, Group] = {}
     for (config, seed), run in sorted(latest.items(), key=lambda kv: (kv[0][0], _seed_order(kv[0][1]))):
         group = groups.setdefault(config, Group(dict(config), [], {m: [] for m in metrics}))
         group.seeds.append(seed)
+        name = run.data.tags.get(DVC_EXP_TAG)
+        if name:
+            group.experiments.add(name)
         for m in metrics:
             if m in run.data.metrics:
                 group.values[m].append(run.data.metrics[m])
     keys = sorted({k for g in groups.values() for k in g.config})
     varying = [k for k in keys if len({g.config.get(k) for g in groups.values()}) > 1]
-    return varying, list(groups.values())
+    found = list(groups.values())
+    for group, label in zip(found, labels(varying, found), strict=True):
+        group.label = label
+    return varying, found
+
+
+# short names of loss settings in labels
+_SHORT = {"temperature": "T"}
+LOSSES = "distill.losses."
+
+
+def _number(value: str) -> str:
+    try:
+        return f"{float(value):g}"
+    except ValueError:
+        return value
+
+
+def _losses_label(config: dict[str, str], show_weights: bool) -> str:
+    """``kd T=3 standardize``, ``dkd beta=2 T=4``: the distillation losses of a configuration; a
+    plain ``ce`` term is left out, weights are shown when they differ between configurations."""
+    terms: dict[int, dict[str, str]] = {}
+    for key, value in config.items():
+        if key.startswith(LOSSES):
+            index, _, field_name = key[len(LOSSES) :].partition(".")
+            if index.isdigit() and field_name:
+                terms.setdefault(int(index), {})[field_name] = value
+    parts = []
+    for _, term in sorted(terms.items()):
+        name, weight = term.pop("name", "?"), term.pop("weight", None)
+        if name == "ce" and not term and not show_weights:
+            continue
+        words = [name]
+        flags = [k for k, v in sorted(term.items()) if v in ("True", "true")]
+        for k, v in sorted(term.items(), key=lambda kv: (kv[0] not in _SHORT, kv[0])):
+            if k not in flags and v not in ("False", "false"):
+                words.append(f"{_SHORT.get(k, k)}={_number(v)}")
+        words += flags  # switches last: kd T=3 standardize
+        if show_weights and weight is not None:
+            words.insert(0, _number(weight))
+        parts.append(" ".join(words))
+    return " + ".join(parts) or "ce"
+
+
+def labels(varying: Sequence[str], groups: Sequence[Group]) -> list[str]:
+    """One readable label per group, from what differs between the groups and matters: the distillation
+    losses in words when they differ (``kd T=3``, ``kd T=2 standardize``, ``dkd beta=2 T=4``), each other
+    differing param as ``key=value`` without its section (``exclude_classes=[3]``); a group's DVC
+    experiment name when no param sets it apart; "all runs" for a single group."""
+    loss_keys = [k for k in varying if k.startswith(LOSSES)]
+    show_weights = any(k.endswith(".weight") for k in loss_keys)
+    out = []
+    for g in groups:
+        parts = [_losses_label(g.config, show_weights)] if loss_keys else []
+        for k in varying:
+            if k.startswith(LOSSES) or k not in g.config:
+                continue
+            parts.append(f"{k.split('.', 1)[-1]}={g.config[k]}")
+        if not parts and len(g.experiments) == 1 and len(groups) > 1:
+            parts.append(next(iter(g.experiments)))
+        out.append(", ".join(parts) or ("all runs" if len(groups) == 1 else "default"))
+    return out
 
 
 def _seed_order(seed: str) -> tuple[int, str]:
@@ -104,13 +213,36 @@ def cell(metric: str, values: Sequence[float]) -> str:
 
 
 def markdown(varying: Sequence[str], groups: Sequence[Group], metrics: Sequence[str]) -> str:
-    head = [*(varying or ["configuration"]), "seeds", *metrics]
+    """One row per configuration, named by its label, then mean +- std of each metric over its seeds."""
+    head = ["configuration", "seeds", *metrics]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for g in groups:
-        config = [g.config.get(k, "") for k in varying] or ["all runs"]
-        cells = [*config, f"{len(g.seeds)} ({', '.join(g.seeds)})", *(cell(m, g.values[m]) for m in metrics)]
+        cells = [g.label, f"{len(g.seeds)} ({', '.join(g.seeds)})", *(cell(m, g.values[m]) for m in metrics)]
         lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
     return "\n".join(lines)
+
+
+def settings(varying: Sequence[str], groups: Sequence[Group]) -> str:
+    """What each label stands for: the differing params of each configuration, in full."""
+    if not varying:
+        return ""
+    lines = []
+    for g in groups:
+        sets = ", ".join(f"`{k}={g.config[k]}`" for k in varying if k in g.config) or "none of them"
+        lines.append(f"- **{g.label}**: {sets}")
+    return "\n".join(lines)
+
+
+def display_uri(uri: str, root: Path | None = None) -> str:
+    """``uri`` with a local store's path relative to ``root`` (the working directory) when it lies
+    under it: a committed report names the store as any clone of the repository has it."""
+    root = (root or Path.cwd()).resolve()
+    for scheme in ("sqlite:///", "file://"):
+        if uri.startswith(scheme):
+            path = Path(uri[len(scheme) :])
+            if path.is_absolute() and path.resolve().is_relative_to(root):
+                return scheme + str(path.resolve().relative_to(root))
+    return uri
 
 
 def summary(m: dict[str, float], params: Any) -> str:
@@ -170,16 +302,26 @@ def summary(m: dict[str, float], params: Any) -> str:
     return "\n".join(lines)
 
 
-def _label(config: dict[str, str], varying: Sequence[str]) -> str:
-    return ", ".join(f"{k}={config.get(k, '')}" for k in varying) or "all runs"
-
-
 def figure(varying: Sequence[str], groups: Sequence[Group], path: Path) -> Path:
-    """Per configuration: the distilled student's test accuracy (mean +- std) against the student alone
-    and the teacher, and the gain over the student alone in points."""
+    """Per configuration (one row each, by its label): the teacher's, the student alone's and the
+    distilled student's test accuracy, the gain over the student alone in points and the share of the
+    teacher-student gap closed, each mean +- std over seeds. The legend sits below the plots."""
+    import matplotlib.pyplot as plt
+
+    fig = draw(groups)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def draw(groups: Sequence[Group]) -> Any:
+    """The figure of :func:`figure` (a matplotlib Figure, not yet saved)."""
     import matplotlib
 
     matplotlib.use("Agg")
+    import textwrap
+
     import matplotlib.pyplot as plt
 
     def stats(g: Group, key: str, scale: float = 1.0) -> tuple[float, float]:
@@ -188,17 +330,14 @@ def figure(varying: Sequence[str], groups: Sequence[Group], path: Path) -> Path:
             return float("nan"), 0.0
         return statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0
 
-    import textwrap
-
-    # long configurations wrap over lines, so the plots keep their width
-    labels = [
-        textwrap.fill(f"{_label(g.config, varying)} ({len(g.seeds)} seeds)", 60, break_on_hyphens=False)
-        for g in groups
-    ]
-    height = 1.8 + sum(0.25 + 0.18 * label.count("\n") for label in labels)
+    # long labels wrap over lines, so the plots keep their width
+    names = [textwrap.fill(f"{g.label} ({len(g.seeds)} seeds)", 34, break_on_hyphens=False) for g in groups]
+    rows = 0.3 * len(groups) + 0.16 * sum(n.count("\n") for n in names)
+    legend_in, axes_in = 0.55, max(rows, 0.9) + 0.7  # inches: legend strip, plots with their x labels
+    height = legend_in + axes_in
     ys = list(range(len(groups)))
-    fig, (acc_ax, gain_ax) = plt.subplots(
-        1, 2, figsize=(14, height), sharey=True, gridspec_kw={"width_ratios": [3, 2]}
+    fig, (acc_ax, gain_ax, gap_ax) = plt.subplots(
+        1, 3, figsize=(14, height), sharey=True, gridspec_kw={"width_ratios": [3, 2, 2]}
     )
     for key, name, marker in (
         ("teacher.accuracy", "teacher", "s"),
@@ -208,20 +347,22 @@ def figure(varying: Sequence[str], groups: Sequence[Group], path: Path) -> Path:
         means, stds = zip(*(stats(g, key) for g in groups), strict=True)
         acc_ax.errorbar(means, ys, xerr=stds, fmt=marker, capsize=3, label=name)
     acc_ax.set_xlabel("test accuracy (mean +- std over seeds)")
-    fig.legend(*acc_ax.get_legend_handles_labels(), loc="upper center", ncol=3, fontsize=8, frameon=False)
-    means, stds = zip(*(stats(g, "distill.gain", 100.0) for g in groups), strict=True)
-    gain_ax.barh(ys, means, xerr=stds, capsize=3, color="tab:green")
-    gain_ax.axvline(0, color="black", linewidth=0.8)
-    gain_ax.set_xlabel("gain over the student alone (points)")
-    acc_ax.set_yticks(ys, labels, fontsize=8)
+    for ax, key, scale, colour, unit in (
+        (gain_ax, "distill.gain", 100.0, "tab:green", "gain over the student alone (points)"),
+        (gap_ax, "distill.gap_closed", 100.0, "tab:purple", "teacher-student gap closed (%)"),
+    ):
+        means, stds = zip(*(stats(g, key, scale) for g in groups), strict=True)
+        ax.barh(ys, means, xerr=stds, capsize=3, color=colour)
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.set_xlabel(unit)
+    acc_ax.set_yticks(ys, names, fontsize=8)
     acc_ax.invert_yaxis()
-    for ax in (acc_ax, gain_ax):
+    for ax in (acc_ax, gain_ax, gap_ax):
         ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / height))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    # below the plots, outside them: it covers no point or bar
+    fig.legend(*acc_ax.get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, legend_in / height, 1, 1))
+    return fig
 
 
 def log_report(tracking_uri: str, experiment: str, files: Sequence[Path], runs: int) -> str:
@@ -283,17 +424,25 @@ def main(args: argparse.Namespace) -> int:
     if not runs:
         raise DistillopsError(f"experiment '{experiment}' in {uri} has no finished evaluate run yet")
     varying, groups = group_runs(runs, metrics)
-    heading = f"{len(runs)} evaluate runs in '{experiment}' ({uri}), {len(groups)} configuration(s)"
+    heading = (
+        f"{len(runs)} evaluate runs in '{experiment}' ({display_uri(uri)}), {len(groups)} configuration(s)"
+    )
     table = markdown(varying, groups, metrics)
+    legend = settings(varying, groups)
     print(f"{heading}\n\n{table}")
     out = Path(args.out)
     md = out.with_suffix(".md")
     png = figure(varying, groups, out.with_suffix(".png"))
+    legend_text = (
+        f"\n\nWhat each configuration sets (the params that differ between them):\n\n{legend}"
+        if legend
+        else ""
+    )
     write_text(
         md,
         f"# Results over seeds\n\n`distillops report` on {time.strftime('%Y-%m-%d %H:%M')}: {heading}. Mean +- "
-        f"std over seeds of each metric; one row per configuration (the params that differ are the first "
-        f"columns).\n\n{table}\n\n![accuracy and gain per configuration]({png.name})\n",
+        f"std over seeds of each metric; one row per configuration, labelled by what sets it apart."
+        f"\n\n{table}{legend_text}\n\n![accuracy, gain and gap closed per configuration]({png.name})\n",
     )
     print(f"\nwrote {md} and {png}")
     if not args.no_log:

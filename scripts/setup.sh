@@ -35,4 +35,6 @@ if [ ! -e data/raw/fashion-mnist/train-images-idx3-ubyte.gz ] && [ ! -d /usr/sha
         echo "==> Fashion-MNIST not found locally; prepare will try torchvision's download"
     fi
 fi
+# the page `dvc plots show` renders into, with its charting libraries inline (.dvc/config names it)
+[ -s .dvc/plots.html ] || "$VENV/bin/python" -m pipeline.plots_page .dvc/plots.html >/dev/null
 echo "==> environment ready: source $VENV/bin/activate"

@@ -95,15 +95,21 @@ def test_dvc_lists_the_metrics(repro, pipeline_env):
     assert "teacher.accuracy" in text and "transfer.scratch_accuracy" in text
 
 
-def test_dvc_renders_the_plots(repro, pipeline_env, tmp_path):
-    """`dvc plots show`: the validation curves and both confusion matrices, from the pipeline's files."""
+def test_dvc_renders_the_plots_into_a_page_that_needs_no_network(repro, pipeline_env, tmp_path):
+    """`dvc plots show`: the validation curves and both confusion matrices, from the pipeline's files, in
+    the page setup writes (.dvc/plots.html, named by .dvc/config): the charting libraries are inline, no
+    script is fetched from anywhere."""
     repo, _ = repro
+    sh([sys.executable, "-m", "pipeline.plots_page", ".dvc/plots.html"], repo, pipeline_env)  # as setup does
     sh(["dvc", "plots", "show", "-o", str(tmp_path / "plots")], repo, pipeline_env)
     shown = json.loads(sh(["dvc", "plots", "show", "--json", "--split"], repo, pipeline_env).stdout)
     names = set(shown["data"])
     assert any("confusion.csv" in n for n in names) and any("transfer_confusion.csv" in n for n in names)
     assert any("validation_accuracy" in n for n in names)
-    assert (tmp_path / "plots" / "index.html").is_file()
+    page = (tmp_path / "plots" / "index.html").read_text()
+    assert not re.search(r"<script[^>]+src=", page), "a script is loaded from elsewhere"
+    assert "cdn.jsdelivr" not in page and "window.vegaEmbed=" in page
+    assert page.count("vegaEmbed('#") >= 3  # every vega plot is drawn by the inline library
 
 
 def test_mlflow_has_one_run_per_stage_grouped_and_tagged(repro):

@@ -46,9 +46,7 @@ def test_report_gives_mean_and_std_over_seeds_per_swept_configuration(tmp_path):
         check=True,
     ).stdout
     lines = [line for line in out.splitlines() if line.startswith("|")]
-    assert (
-        lines[0] == "| distill.losses.0.name | seeds | student.accuracy | teacher.accuracy | distill.gain |"
-    )
+    assert lines[0] == "| configuration | seeds | student.accuracy | teacher.accuracy | distill.gain |"
     kd = statistics.mean([0.912, 0.914, 0.913]), statistics.stdev([0.912, 0.914, 0.913])
     dist = statistics.mean([0.915, 0.918]), statistics.stdev([0.915, 0.918])
     kd_row = f"| kd | 3 (0, 1, 2) | {kd[0]:.4f} +- {kd[1]:.4f} | 0.9100 +- 0.0000 | - |"
@@ -104,3 +102,100 @@ def test_report_reads_several_experiments_and_only_runs_since_a_time(tmp_path):
     assert len(finished_evaluate_runs(uri, "a,b")) == 3
     runs = finished_evaluate_runs(uri, "a, b", since)
     assert sorted(r.data.params["seed"] for r in runs) == ["1", "2"]
+
+
+class FakeRun:
+    """What group_runs reads of an MLflow run."""
+
+    def __init__(self, start: int, params: dict, metrics: dict | None = None, tags: dict | None = None):
+        from types import SimpleNamespace
+
+        self.info = SimpleNamespace(start_time=start)
+        self.data = SimpleNamespace(params=params, metrics=metrics or {}, tags=tags or {})
+
+
+def test_configurations_are_labelled_by_what_differs_that_matters():
+    """Losses in words, other params as key=value; empty params and keys renamed between versions of the
+    pipeline (data.dataset -> data.dataset.name, data.source -> data.dataset.source) make no group and
+    no label of their own."""
+    from pipeline.report import group_runs
+
+    old = {"data.dataset": "fashion_mnist", "data.source": "auto", "distill.warm_start.epochs": ""}
+    new = {"data.dataset.name": "fashion_mnist", "data.dataset.source": "auto", "distill.warm_start": "null"}
+    kd = {"distill.losses.0.name": "kd", "distill.losses.0.temperature": "3.0", "distill.losses.1.name": "ce"}
+    runs = [
+        FakeRun(1, {**old, **kd, "seed": "0"}, {"student.accuracy": 0.91}),
+        FakeRun(2, {**new, **kd, "seed": "1"}, {"student.accuracy": 0.92}),  # same configuration, renamed
+        FakeRun(3, {**new, **kd, "distill.losses.0.standardize": "True", "seed": "0"}),
+        FakeRun(
+            4, {**new, **kd, "distill.losses.0.standardize": "False", "distill.losses.0.temperature": "2.0"}
+        ),
+        FakeRun(
+            5, {**new, **kd, "distill.losses.0.name": "dkd", "distill.losses.0.beta": "2.0", "seed": "0"}
+        ),
+        FakeRun(6, {**new, **kd, "distill.exclude_classes": "[3]", "seed": "0"}),
+    ]
+    varying, groups = group_runs(runs, ["student.accuracy"])
+    assert not any(k.startswith(("data.", "distill.warm_start")) for k in varying)
+    by_label = {g.label: g for g in groups}
+    assert set(by_label) == {
+        "kd T=3",
+        "kd T=3 standardize",
+        "kd T=2",
+        "dkd T=3 beta=2",
+        "kd T=3, exclude_classes=[3]",
+    }
+    assert by_label["kd T=3"].seeds == ["0", "1"] and by_label["kd T=3"].values["student.accuracy"] == [
+        0.91,
+        0.92,
+    ]
+
+
+def test_loss_weights_show_when_they_differ_and_dvc_names_when_nothing_else_does():
+    from pipeline.report import group_runs
+
+    a = {"distill.losses.0.name": "kd", "distill.losses.0.weight": "0.5", "distill.losses.1.name": "ce"}
+    b = {**a, "distill.losses.0.weight": "0.9", "distill.losses.1.weight": "0.1"}
+    _, groups = group_runs([FakeRun(1, a), FakeRun(2, b)], [])
+    assert [g.label for g in groups] == ["0.5 kd + ce", "0.9 kd + 0.1 ce"]
+    same = {"distill.epochs": "30"}
+    _, groups = group_runs([FakeRun(1, same, tags={"distillops.dvc_experiment": "baseline"})], [])
+    assert [g.label for g in groups] == ["all runs"]
+
+
+def test_a_store_under_the_working_directory_is_named_relative_to_it(tmp_path):
+    from pipeline.report import display_uri
+
+    assert display_uri(f"sqlite:///{tmp_path}/mlflow.db", tmp_path) == "sqlite:///mlflow.db"
+    assert display_uri(f"sqlite:///{tmp_path}/sub/m.db", tmp_path) == "sqlite:///sub/m.db"
+    assert display_uri("sqlite:////elsewhere/mlflow.db", tmp_path) == "sqlite:////elsewhere/mlflow.db"
+    assert display_uri("http://127.0.0.1:5000", tmp_path) == "http://127.0.0.1:5000"
+
+
+def test_the_figure_shows_each_configuration_and_its_legend_covers_no_plot():
+    import matplotlib.pyplot as plt
+
+    from pipeline.report import Group, draw
+
+    metrics = {"teacher.accuracy": [0.93, 0.92], "student_alone.accuracy": [0.90, 0.91]}
+    metrics |= {
+        "student.accuracy": [0.915, 0.92],
+        "distill.gain": [0.015, 0.01],
+        "distill.gap_closed": [0.5, 0.9],
+    }
+    groups = [Group({}, ["0", "1"], metrics, label=f"kd T={t} standardize") for t in range(1, 9)]
+    fig = draw(groups)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["teacher", "student alone", "distilled student"]
+    box = legend.get_window_extent(renderer)
+    for ax in fig.axes:
+        assert box.y1 <= ax.get_tightbbox(renderer).y0 + 1, "the legend overlaps a plot"
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert labels == [f"kd T={t} standardize (2 seeds)" for t in range(1, 9)]
+    assert [ax.get_xlabel() for ax in fig.axes][1:] == [
+        "gain over the student alone (points)",
+        "teacher-student gap closed (%)",
+    ]
+    plt.close(fig)
