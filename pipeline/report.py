@@ -382,9 +382,11 @@ def log_report(tracking_uri: str, experiment: str, files: Sequence[Path], runs: 
     return run.info.run_id
 
 
-def finished_evaluate_runs(tracking_uri: str, experiment: str, since: str | None = None) -> list[Any]:
-    """The finished evaluate runs of ``experiment`` (several: comma-separated names), started at or
-    after ``since`` (``YYYY-MM-DD HH:MM``, local time) when given."""
+def finished_evaluate_runs(
+    tracking_uri: str, experiment: str, since: str | None = None, stage: str = "evaluate"
+) -> list[Any]:
+    """The finished runs of ``stage`` (``evaluate``: one per pipeline) in ``experiment`` (several:
+    comma-separated names), started at or after ``since`` (``YYYY-MM-DD HH:MM``, local time) when given."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
@@ -397,7 +399,9 @@ def finished_evaluate_runs(tracking_uri: str, experiment: str, since: str | None
                 f"(dvc repro) or pass --experiment / --tracking-uri"
             )
         ids.append(exp.experiment_id)
-    query = "tags.`distillops.stage` = 'evaluate' and attributes.status = 'FINISHED'"
+    if "'" in stage:
+        raise DistillopsError(f"--stage {stage!r}: a stage name has no quotes")
+    query = f"tags.`distillops.stage` = '{stage}' and attributes.status = 'FINISHED'"
     if since:
         try:
             start = time.mktime(time.strptime(since, "%Y-%m-%d %H:%M"))
@@ -420,12 +424,13 @@ def main(args: argparse.Namespace) -> int:
         default_experiment = "distillops"
     experiment = args.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or default_experiment
     metrics = args.metric or list(DEFAULT_METRICS)
-    runs = finished_evaluate_runs(uri, experiment, args.since)
+    stage = getattr(args, "stage", "evaluate")
+    runs = finished_evaluate_runs(uri, experiment, args.since, stage)
     if not runs:
-        raise DistillopsError(f"experiment '{experiment}' in {uri} has no finished evaluate run yet")
+        raise DistillopsError(f"experiment '{experiment}' in {uri} has no finished {stage} run yet")
     varying, groups = group_runs(runs, metrics)
     heading = (
-        f"{len(runs)} evaluate runs in '{experiment}' ({display_uri(uri)}), {len(groups)} configuration(s)"
+        f"{len(runs)} {stage} runs in '{experiment}' ({display_uri(uri)}), {len(groups)} configuration(s)"
     )
     table = markdown(varying, groups, metrics)
     legend = settings(varying, groups)

@@ -599,6 +599,14 @@ class LoggedOnnx:
     version: str | None  # the registered version, when registered
 
 
+def onnx_requirements() -> list[str]:
+    """The pip requirements of a logged ONNX model (MLflow adds its own): the installed onnx,
+    onnxruntime and numpy, pinned."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in ("numpy", "onnx", "onnxruntime")]
+
+
 def log_onnx_model(
     tracker: Tracker,
     onnx_path: Path,
@@ -637,5 +645,8 @@ def log_onnx_model(
             registered_model_name=registered_model,
             save_as_external_data=False,
             onnx_execution_providers=["CPUExecutionProvider"],
+            # what serving an ONNX model needs, stated rather than inferred: MLflow's inference loads the
+            # model in a subprocess to see what it imports (about 5 s per model) and finds these
+            pip_requirements=onnx_requirements(),
         )
     return LoggedOnnx(info.model_id, str(info.registered_model_version) if registered_model else None)

@@ -24,9 +24,16 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torchvision.transforms.v2 import functional as TF
 
 from plugins._checks import integer, is_number, number
+
+
+def _tf():  # noqa: ANN202 - torchvision.transforms.v2.functional
+    """torchvision's image functions, imported at first use: importing torchvision costs every stage
+    about 2 s, and most augmenters never need it."""
+    from torchvision.transforms.v2 import functional
+
+    return functional
 
 
 def _check_p(p: float) -> float:
@@ -346,7 +353,7 @@ def _blend(x: torch.Tensor, degenerate: torch.Tensor, factor: torch.Tensor) -> t
 
 
 def _grey(x: torch.Tensor) -> torch.Tensor:
-    return TF.rgb_to_grayscale(x) if x.shape[1] == 3 else x.mean(1, keepdim=True)
+    return _tf().rgb_to_grayscale(x) if x.shape[1] == 3 else x.mean(1, keepdim=True)
 
 
 def _brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -358,11 +365,11 @@ def _contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 
 
 def _saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    return _blend(x, TF.rgb_to_grayscale(x, 3), factor) if x.shape[1] == 3 else x  # towards greyscale
+    return _blend(x, _tf().rgb_to_grayscale(x, 3), factor) if x.shape[1] == 3 else x  # towards greyscale
 
 
 def _sharpness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    return _blend(x, TF.adjust_sharpness(x, 0.0), factor)  # towards the blurred image
+    return _blend(x, _tf().adjust_sharpness(x, 0.0), factor)  # towards the blurred image
 
 
 _YIQ = torch.tensor(
@@ -390,8 +397,8 @@ def _solarize(x: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
 def _posterize(x: torch.Tensor, bits_removed: torch.Tensor) -> torch.Tensor:
     """Zero the ``bits_removed`` (rounded) lowest bits of each image's 8-bit values."""
     mask = (256 - 2 ** bits_removed.round().long()).to(torch.uint8)
-    u8 = TF.to_dtype(x, torch.uint8, scale=True) & _per_image(mask)
-    return TF.to_dtype(u8, x.dtype, scale=True)
+    u8 = _tf().to_dtype(x, torch.uint8, scale=True) & _per_image(mask)
+    return _tf().to_dtype(u8, x.dtype, scale=True)
 
 
 class ColorJitter:
@@ -495,8 +502,8 @@ POLICY_OPS: dict[str, PolicyOp] = {
     "sharpness": PolicyOp(lambda x, v: _sharpness(x, 1 + v), 0.9, 0.99, True),
     "posterize": PolicyOp(_posterize, 4.0, 6.0, False),
     "solarize": PolicyOp(lambda x, v: _solarize(x, (1 - v) * 256 / 255), 1.0, 1.0, False),
-    "autocontrast": PolicyOp(lambda x, v: TF.autocontrast(x), 0.0, 0.0, False),
-    "equalize": PolicyOp(lambda x, v: TF.equalize(x), 0.0, 0.0, False),
+    "autocontrast": PolicyOp(lambda x, v: _tf().autocontrast(x), 0.0, 0.0, False),
+    "equalize": PolicyOp(lambda x, v: _tf().equalize(x), 0.0, 0.0, False),
 }
 _RGB_ONLY = frozenset({"color"})
 LEVELS = 30  # magnitude levels 0..30, as torchvision's 31 bins

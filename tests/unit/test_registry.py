@@ -181,7 +181,7 @@ def test_cli_markdown_table_lists_parameters_with_defaults():
     ).stdout
     lines = out.splitlines()
     assert lines[0].startswith("| group | name | parameters")
-    assert "| losses | `kd` | `temperature=4.0` |" in out
+    assert "| losses | `kd` | `temperature=4.0`, `standardize=false` |" in out
     assert '`direction="horizontal"`' in out
     assert all(line.count("|") >= 5 for line in lines)
     ours = [i for g in registry.GROUPS for i in registry.find(g).values() if i.distribution == "distillops"]
