@@ -36,6 +36,7 @@ def pipeline_inputs(params: Params) -> tuple[dict[str, Split], torch.nn.Module]:
 @dataclass
 class Trained:
     accuracy: float  # on the test split
+    val_accuracy: float  # on the validation split, after the last epoch (what settings are chosen on)
     seconds: float  # Trainer.fit's own training time
     teacher_passes: int  # full teacher passes over a training view (cached logits)
 
@@ -77,4 +78,5 @@ def train_student(
         result = trainer.fit(splits["train"], splits["val"])
     test = splits["test"]
     acc = accuracy(predict_logits(model, torch.from_numpy(test.x), runtime.device), torch.from_numpy(test.y))
-    return Trained(acc, result.seconds, trainer.teacher_passes)
+    val_acc = result.history[-1][layout.VAL_ACCURACY]
+    return Trained(acc, val_acc, result.seconds, trainer.teacher_passes)

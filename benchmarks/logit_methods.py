@@ -1,0 +1,363 @@
+"""Logit distillation methods on the pipeline's own teacher, student and data: settings chosen on the
+validation split, the chosen ones reported on the test split over seeds.
+
+    python benchmarks/logit_methods.py sweep --seeds 0 1 [--jobs 2]     # every candidate, validation
+    python benchmarks/logit_methods.py test --seeds 0 1 2 3 4 [--jobs 2]  # the chosen ones, test split
+    python benchmarks/logit_methods.py table                            # LOGIT_METHODS.md from the runs
+    python benchmarks/logit_methods.py log                              # the test runs to MLflow, then:
+    distillops report --experiment logit-methods --stage benchmark --out reports/methods
+
+Run after `dvc repro teacher` (it reads models/teacher and data/prepared). Everything but the losses is
+the distill stage's configuration in params.yaml (student, epochs, optimiser, schedule, batch size,
+augmentation). Every run records both its validation and its test accuracy in LOGIT_METHODS.jsonl
+(one line per run, appended as it finishes, so an interrupted sweep resumes where it stopped); the
+`sweep` phase and the choice read the validation accuracy only, `test` reruns nothing already measured.
+With ``--jobs 2`` two runs train at once, one thread each (on 2 cores more runs per hour than one run
+on two threads); every row of the table is measured that way, so they compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+RUNS = HERE / "LOGIT_METHODS.jsonl"
+OUT = HERE / "LOGIT_METHODS.md"
+
+
+def spec(name: str, weight: float, **kwargs: object) -> dict:
+    return {"name": name, "weight": weight, **kwargs}
+
+
+CE_HALF, CE = spec("ce", 0.5), spec("ce", 1.0)
+# method -> {setting label: losses}; "alone" and "kd T=3" are the references every table row is set
+# against (the student trained without a teacher, and today's default)
+CANDIDATES: dict[str, dict[str, list[dict]]] = {
+    "alone": {"ce": [spec("ce", 1.0)]},
+    "kd": {"kd T=3": [spec("kd", 0.5, temperature=3.0), CE_HALF]},
+    "kd standardize": {
+        "kd T=1 standardize": [spec("kd", 0.5, temperature=1.0, standardize=True), CE_HALF],
+        "kd T=2 standardize": [spec("kd", 0.5, temperature=2.0, standardize=True), CE_HALF],
+        "kd T=3 standardize": [spec("kd", 0.5, temperature=3.0, standardize=True), CE_HALF],
+        "kd T=2 standardize, 0.9/0.1": [
+            spec("kd", 0.9, temperature=2.0, standardize=True),
+            spec("ce", 0.1),
+        ],
+    },
+    "dkd": {
+        "dkd beta=2 T=4": [spec("dkd", 1.0, beta=2.0, temperature=4.0), CE],
+        "dkd beta=4 T=4": [spec("dkd", 1.0, beta=4.0, temperature=4.0), CE],
+        "dkd beta=2 T=2 standardize": [spec("dkd", 1.0, beta=2.0, temperature=2.0, standardize=True), CE],
+    },
+    "nkd": {
+        "nkd T=1 gamma=1.5": [spec("nkd", 1.0, temperature=1.0, gamma=1.5), CE],
+        "nkd T=2 gamma=1.5": [spec("nkd", 1.0, temperature=2.0, gamma=1.5), CE],
+    },
+    "ctkd": {
+        "ctkd T0=3": [spec("ctkd", 0.5, temperature=3.0), CE_HALF],
+        "ctkd T0=2 standardize": [spec("ctkd", 0.5, temperature=2.0, standardize=True), CE_HALF],
+    },
+}
+SETTINGS = {label: losses for settings in CANDIDATES.values() for label, losses in settings.items()}
+METHOD_OF = {label: method for method, settings in CANDIDATES.items() for label in settings}
+
+
+# --- runs -------------------------------------------------------------------------------------------------
+_state: dict = {}
+
+
+def _init_worker(params_file: str, threads: int) -> None:
+    torch.set_num_threads(threads)
+    from common import pipeline_inputs
+
+    from pipeline.params import load_params
+
+    params = load_params(params_file)
+    splits, teacher = pipeline_inputs(params)
+    _state.update(params=params, splits=splits, teacher=teacher)
+
+
+def _run(label: str, seed: int) -> dict:
+    from common import train_student
+
+    from pipeline.params import LossSpec
+
+    losses = [
+        LossSpec(s["name"], {k: v for k, v in s.items() if k not in ("name", "weight")}, s["weight"])
+        for s in SETTINGS[label]
+    ]
+    params = _state["params"]
+    t0 = time.perf_counter()
+    trained = train_student(params, params.distill, losses, seed, _state["splits"], _state["teacher"], label)
+    return {
+        "setting": label,
+        "method": METHOD_OF[label],
+        "seed": seed,
+        "losses": SETTINGS[label],
+        "val_accuracy": trained.val_accuracy,
+        "test_accuracy": trained.accuracy,
+        "fit_seconds": round(trained.seconds, 1),
+        "wall_seconds": round(time.perf_counter() - t0, 1),
+        "threads": torch.get_num_threads(),
+        "epochs": params.distill.epochs,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
+
+
+def load_runs(path: Path = RUNS) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_all(pairs: Sequence[tuple[str, int]], params_file: str, jobs: int) -> None:
+    done = {(r["setting"], r["seed"]) for r in load_runs()}
+    todo = [p for p in pairs if p not in done]
+    print(f"{len(todo)} run(s) to do, {len(pairs) - len(todo)} already measured", flush=True)
+    if not todo:
+        return
+    threads = max(1, torch.get_num_threads() // jobs)
+    with ProcessPoolExecutor(
+        jobs, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(params_file, threads)
+    ) as pool:
+        futures = [pool.submit(_run, label, seed) for label, seed in todo]
+        for future in futures:
+            row = future.result()
+            with RUNS.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(
+                f"{row['setting']:32s} seed {row['seed']}: val {row['val_accuracy']:.4f} "
+                f"test {row['test_accuracy']:.4f} ({row['wall_seconds']:.0f} s)",
+                flush=True,
+            )
+
+
+# --- choice and tables ------------------------------------------------------------------------------------
+def by_setting(runs: list[dict], seeds: Sequence[int] | None = None) -> dict[str, dict[int, dict]]:
+    out: dict[str, dict[int, dict]] = {}
+    for r in runs:
+        if seeds is None or r["seed"] in seeds:
+            out.setdefault(r["setting"], {})[r["seed"]] = r
+    return out
+
+
+def chosen(runs: list[dict], sweep_seeds: Sequence[int]) -> dict[str, str]:
+    """method -> its setting with the best mean validation accuracy over the sweep's seeds."""
+    table = by_setting(runs, sweep_seeds)
+    best: dict[str, str] = {}
+    for method, settings in CANDIDATES.items():
+        scored = [
+            (statistics.mean(r["val_accuracy"] for r in table[label].values()), label)
+            for label in settings
+            if label in table and len(table[label]) == len(sweep_seeds)
+        ]
+        if scored:
+            best[method] = max(scored)[1]
+    return best
+
+
+def ms(values: Sequence[float], scale: float = 1.0, digits: int = 4, signed: bool = False) -> str:
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values) * scale:{'+' if signed else ''}.{digits}f} +- {std * scale:.{digits}f}"
+
+
+def losses_text(losses: list[dict]) -> str:
+    def one(s: dict) -> str:
+        extra = ", ".join(f"{k}={v}" for k, v in s.items() if k not in ("name", "weight"))
+        return f"{s['weight']:g}*{s['name']}" + (f"({extra})" if extra else "")
+
+    return " + ".join(one(s) for s in losses)
+
+
+def teacher_accuracy(params_file: str) -> float:
+    from common import pipeline_inputs
+
+    from pipeline.evaluation import accuracy, predict_logits
+    from pipeline.params import load_params
+
+    splits, teacher = pipeline_inputs(load_params(params_file))
+    test = splits["test"]
+    logits = predict_logits(teacher, torch.from_numpy(test.x), torch.device("cpu"))
+    return accuracy(logits, torch.from_numpy(test.y))
+
+
+def write_table(sweep_seeds: Sequence[int], test_seeds: Sequence[int], params_file: str) -> str:
+    runs = load_runs()
+    sweep = by_setting(runs, sweep_seeds)
+    lines = [
+        "# Logit distillation methods: chosen on validation, reported on test",
+        "",
+        "`python benchmarks/logit_methods.py sweep --seeds "
+        f"{' '.join(map(str, sweep_seeds))} --jobs 2`, then `test --seeds {' '.join(map(str, test_seeds))} "
+        f"--jobs 2`; {runs[0]['date'][:10] if runs else ''}, a 2-core CPU, two runs at once with one thread "
+        "each. Teacher: `models/teacher` from `dvc repro` (seed 0); student and training as the distill "
+        "stage's params.yaml (LeNet-5 with 32 hidden units, "
+        f"{runs[0]['epochs'] if runs else '?'} epochs, AdamW one-cycle, batch 128, no augmentation, so the "
+        "teacher's logits are computed once per run); only the losses differ. Each run's per-run rows are in "
+        "`LOGIT_METHODS.jsonl`.",
+        "",
+        "## Sweep on the validation split (5,000 images held out of the training set)",
+        "",
+        "| method | setting | losses | " + " | ".join(f"val seed {s}" for s in sweep_seeds) + " | mean |",
+        "|---|---|---|" + "---|" * (len(sweep_seeds) + 1),
+    ]
+    best = chosen(runs, sweep_seeds)
+    for method, settings in CANDIDATES.items():
+        for label in settings:
+            row = sweep.get(label, {})
+            vals = [row[s]["val_accuracy"] if s in row else None for s in sweep_seeds]
+            cells = " | ".join(f"{v:.4f}" if v is not None else "" for v in vals)
+            got = [v for v in vals if v is not None]
+            mean = f"{statistics.mean(got):.4f}" if got else ""
+            mark = " **(chosen)**" if best.get(method) == label and len(settings) > 1 else ""
+            lines.append(f"| {method} | {label}{mark} | {losses_text(SETTINGS[label])} | {cells} | {mean} |")
+
+    teacher = teacher_accuracy(params_file)
+    test = by_setting(runs, test_seeds)
+    alone = test.get("ce", {})
+    lines += [
+        "",
+        f"## Test split (10,000 images), seeds {', '.join(map(str, test_seeds))}",
+        "",
+        f"Teacher test accuracy {teacher:.4f}. Gain: distilled minus the student alone of the same seed; gap "
+        "closed: the gain divided by (teacher - student alone) of that seed. s/run: the fit's training time "
+        "(two runs sharing the 2 cores), and its ratio to KD's.",
+        "",
+        "| method | chosen setting | test accuracy | gain (pt) | gap closed | s/run | vs KD time |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    kd_time = (
+        statistics.mean(r["fit_seconds"] for r in test.get("kd T=3", {}).values())
+        if test.get("kd T=3")
+        else None
+    )
+    for method in CANDIDATES:
+        label = best.get(method)
+        row = test.get(label or "", {})
+        seeds = [s for s in test_seeds if s in row]
+        if not seeds:
+            continue
+        acc = [row[s]["test_accuracy"] for s in seeds]
+        secs = statistics.mean(row[s]["fit_seconds"] for s in seeds)
+        partial = "" if len(seeds) == len(test_seeds) else f" ({len(seeds)} seeds)"
+        if method == "alone":
+            lines.append(f"| student alone | ce | {ms(acc)}{partial} | | | {secs:.0f} | |")
+            continue
+        pairs = [(row[s]["test_accuracy"], alone[s]["test_accuracy"]) for s in seeds if s in alone]
+        gain = ms([d - a for d, a in pairs], 100, 2, signed=True) if pairs else ""
+        gap = ms([(d - a) / (teacher - a) for d, a in pairs], 100, 0, signed=True) + " %" if pairs else ""
+        ratio = f"{secs / kd_time:.2f}x" if kd_time else ""
+        lines.append(f"| {method} | {label} | {ms(acc)}{partial} | {gain} | {gap} | {secs:.0f} | {ratio} |")
+    text = "\n".join(lines) + "\n"
+    OUT.write_text(text)
+    return text
+
+
+def log_to_mlflow(
+    sweep_seeds: Sequence[int], test_seeds: Sequence[int], params_file: str, experiment: str
+) -> int:
+    """Each chosen setting's test runs as MLflow runs (tag ``distillops.stage`` = ``benchmark``) with the
+    metric names of the pipeline's evaluate runs, so `distillops report --stage benchmark` tabulates and
+    draws them like pipelines; the student alone of the same seed is each run's baseline."""
+    from mlflow.tracking import MlflowClient
+
+    from pipeline import tracking
+
+    runs = load_runs()
+    best = chosen(runs, sweep_seeds)
+    test = by_setting(runs, test_seeds)
+    alone = test.get(best.get("alone", "ce"), {})
+    teacher = teacher_accuracy(params_file)
+    client = MlflowClient(tracking.tracking_uri())
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    logged = 0
+    for method, label in best.items():
+        if method == "alone":
+            continue
+        for seed, row in sorted(test.get(label, {}).items()):
+            if seed not in alone:
+                continue
+            base = alone[seed]["test_accuracy"]
+            run = client.create_run(
+                exp_id,
+                run_name=f"{label}, seed {seed}",
+                tags={"distillops.stage": "benchmark", "distillops.benchmark": "logit_methods"},
+            )
+            params = {"seed": seed, "distill.epochs": row["epochs"], "benchmark.method": method}
+            for i, spec_ in enumerate(row["losses"]):
+                params.update({f"distill.losses.{i}.{k}": v for k, v in spec_.items()})
+            for key, value in params.items():
+                client.log_param(run.info.run_id, key, value)
+            metrics = {
+                "teacher.accuracy": teacher,
+                "student_alone.accuracy": base,
+                "student.accuracy": row["test_accuracy"],
+                "student.val_accuracy": row["val_accuracy"],
+                "distill.gain": row["test_accuracy"] - base,
+                "distill.gap_closed": (row["test_accuracy"] - base) / (teacher - base),
+                "distill.fit_seconds": row["fit_seconds"],
+            }
+            for key, value in metrics.items():
+                client.log_metric(run.info.run_id, key, value)
+            client.set_terminated(run.info.run_id)
+            logged += 1
+    return logged
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("phase", choices=["sweep", "test", "table", "log"])
+    parser.add_argument("--experiment", default="logit-methods", help="MLflow experiment of the log phase")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None)
+    parser.add_argument("--sweep-seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--test-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        help="test phase: these methods only ('best': the new method best on validation)",
+    )
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args()
+    if args.phase == "sweep":
+        seeds = args.seeds or args.sweep_seeds
+        run_all([(label, s) for s in seeds for label in SETTINGS], args.params, args.jobs)
+    elif args.phase == "log":
+        n = log_to_mlflow(args.sweep_seeds, args.test_seeds, args.params, args.experiment)
+        print(f"logged {n} runs to MLflow experiment '{args.experiment}'")
+        return
+    elif args.phase == "test":
+        seeds = args.seeds or args.test_seeds
+        best = chosen(load_runs(), args.sweep_seeds)
+        methods = args.methods or list(CANDIDATES)
+        if "best" in methods:  # the new method with the best validation accuracy, beside alone and kd
+            scores = by_setting(load_runs(), args.sweep_seeds)
+            new = [m for m in best if m not in ("alone", "kd")]
+            top = max(new, key=lambda m: statistics.mean(r["val_accuracy"] for r in scores[best[m]].values()))
+            methods = [m for m in methods if m != "best"] + [top]
+        run_all(
+            [(best[m], s) for s in seeds for m in CANDIDATES if m in best and m in methods],
+            args.params,
+            args.jobs,
+        )
+    print(
+        write_table(
+            args.sweep_seeds,
+            args.seeds or args.test_seeds if args.phase == "test" else args.test_seeds,
+            args.params,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
