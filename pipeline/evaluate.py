@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline import datasets, layout, model_registry, report, runner, teachers, tracking
+from pipeline import datasets, layout, model_registry, plots_page, report, runner, teachers, tracking
 from pipeline.atomic import read_json, write_json, write_text
 from pipeline.data import Split, load_splits
 from pipeline.evaluation import accuracy, confusion_matrix, predict_logits
@@ -497,6 +497,7 @@ def run(ctx: StageContext) -> dict[str, float]:
             metrics["student.latency_ms.torch_b1"] / metrics["student.latency_ms.onnx_b1"]
         )
         _plots(params, tests, preds, metrics, tracker)
+        plots_page.ensure()  # so that `dvc plots show` renders offline even where setup never ran
         exported = Parity.read(params)  # what export logged and registered
         _log_to_logged_models(exported, metrics, tracker)
         decision = _registry_decision(params, exported, metrics, tracker)

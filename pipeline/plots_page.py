@@ -59,6 +59,19 @@ def write(path: Path = DEFAULT_PATH) -> Path:
     return path
 
 
+def ensure(path: Path = DEFAULT_PATH) -> Path | None:
+    """Write the page if the repository (a ``.dvc`` folder here) lacks it; never fails a stage: without
+    ``vl-convert`` it says how to get one and returns None."""
+    if path.exists() or not path.parent.is_dir():
+        return path if path.exists() else None
+    try:
+        return write(path)
+    except ImportError:
+        print(f"[plots] {path} is missing and vl-convert-python is not installed: `dvc plots show` needs the "
+              f"page; pip install vl-convert-python, then python -m pipeline.plots_page")  # fmt: skip
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.plots_page", description=__doc__.split("\n")[0])
     parser.add_argument("path", nargs="?", default=str(DEFAULT_PATH), type=Path)

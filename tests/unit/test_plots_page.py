@@ -20,3 +20,12 @@ def test_the_page_inlines_the_charting_libraries_and_keeps_dvcs_placeholders(tmp
     filled = HTML(page).with_scripts('<script src="https://cdn.example/x.js"></script>')
     filled = filled.with_element("<div id='plot'></div>").embed()
     assert "<div id='plot'></div>" in filled and "cdn.example" not in filled
+
+
+def test_ensure_writes_the_page_once_and_only_in_a_dvc_repository(tmp_path):
+    page = tmp_path / ".dvc" / "plots.html"
+    assert plots_page.ensure(page) is None and not page.exists()  # no .dvc folder: not a repository
+    page.parent.mkdir()
+    assert plots_page.ensure(page) == page and "{plot_divs}" in page.read_text()
+    page.write_text("{plot_divs} kept")  # an existing page (perhaps the user's own) is left alone
+    assert plots_page.ensure(page) == page and page.read_text() == "{plot_divs} kept"
