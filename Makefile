@@ -11,9 +11,9 @@ pipeline: setup  ## set up, run the whole DVC pipeline, say where the results ar
 	@$(RUN) dvc repro
 	@$(RUN) distillops summary
 
-test: setup  ## set up, lint, run every test (the slow end-to-end ones too)
+test: setup  ## set up, lint, run every test (the slow end-to-end ones too), one worker per core
 	@$(RUN) ruff check pipeline plugins tests benchmarks examples scripts
-	@$(RUN) python -m pytest -q
+	@$(RUN) python -m pytest -q -n auto --dist loadscope
 
 test-fast: setup  ## everything but the slow end-to-end tests
 	@$(RUN) python -m pytest -q -m "not slow"
