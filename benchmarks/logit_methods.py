@@ -31,6 +31,8 @@ from pathlib import Path
 
 import torch
 
+from pipeline.report import mean_std
+
 HERE = Path(__file__).resolve().parent
 RUNS = HERE / "LOGIT_METHODS.jsonl"
 OUT = HERE / "LOGIT_METHODS.md"
@@ -167,11 +169,6 @@ def chosen(runs: list[dict], sweep_seeds: Sequence[int]) -> dict[str, str]:
     return best
 
 
-def ms(values: Sequence[float], scale: float = 1.0, digits: int = 4, signed: bool = False) -> str:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values) * scale:{'+' if signed else ''}.{digits}f} +- {std * scale:.{digits}f}"
-
-
 def losses_text(losses: list[dict]) -> str:
     def one(s: dict) -> str:
         extra = ", ".join(f"{k}={v}" for k, v in s.items() if k not in ("name", "weight"))
@@ -248,15 +245,19 @@ def write_table(sweep_seeds: Sequence[int], test_seeds: Sequence[int], params_fi
         secs = statistics.mean(row[s]["fit_seconds"] for s in seeds)
         partial = "" if len(seeds) == len(test_seeds) else f" ({len(seeds)} seeds)"
         if method == "alone":
-            lines.append(f"| student alone | ce | {ms(acc)}{partial} | | | {secs:.0f} | |")
+            lines.append(f"| student alone | ce | {mean_std(acc)}{partial} | | | {secs:.0f} | |")
             continue
         pairs = [(row[s]["test_accuracy"], alone[s]["test_accuracy"]) for s in seeds if s in alone]
-        gain = ms([d - a for d, a in pairs], 100, 2, signed=True) if pairs else ""
-        gap = ms([(d - a) / (teacher - a) for d, a in pairs], 100, 0, signed=True) + " %" if pairs else ""
+        gain = mean_std([d - a for d, a in pairs], 100, 2, signed=True) if pairs else ""
+        gap = (
+            mean_std([(d - a) / (teacher - a) for d, a in pairs], 100, 0, signed=True) + " %" if pairs else ""
+        )
         # against KD's runs of the same seeds (they ran at the same time, under the same load)
         same = [kd_runs[s]["fit_seconds"] for s in seeds if s in kd_runs]
         ratio = f"{secs / statistics.mean(same):.2f}x" if len(same) == len(seeds) else ""
-        lines.append(f"| {method} | {label} | {ms(acc)}{partial} | {gain} | {gap} | {secs:.0f} | {ratio} |")
+        lines.append(
+            f"| {method} | {label} | {mean_std(acc)}{partial} | {gain} | {gap} | {secs:.0f} | {ratio} |"
+        )
     text = "\n".join(lines) + "\n"
     OUT.write_text(text)
     return text

@@ -62,8 +62,10 @@ def write(path: Path = DEFAULT_PATH) -> Path:
 def ensure(path: Path = DEFAULT_PATH) -> Path | None:
     """Write the page if the repository (a ``.dvc`` folder here) lacks it; never fails a stage: without
     ``vl-convert`` it says how to get one and returns None."""
-    if path.exists() or not path.parent.is_dir():
-        return path if path.exists() else None
+    if path.exists():
+        return path
+    if not path.parent.is_dir():
+        return None
     try:
         return write(path)
     except ImportError:

@@ -75,17 +75,16 @@ def renamed_keys(configs: Sequence[dict[str, str]]) -> dict[str, str]:
     time order; the key seen last is the current one."""
     last: dict[str, int] = {}
     values: dict[str, set[str]] = {}
-    together: set[tuple[str, str]] = set()
     for i, config in enumerate(configs):
-        keys = sorted(config)
-        for k in keys:
+        for k, v in config.items():
             last[k] = i
-            values.setdefault(k, set()).add(config[k])
-        together.update((a, b) for a in keys for b in keys)
+            values.setdefault(k, set()).add(v)
     renames: dict[str, str] = {}
     for a in last:
         for b in last:
-            if (a, b) in together or not (_moved(a, b) or _moved(b, a)) or not values[a] & values[b]:
+            if not _moved(a, b) or not values[a] & values[b]:
+                continue
+            if any(a in config and b in config for config in configs):  # both set at once: two settings
                 continue
             old, new = (a, b) if last[a] < last[b] else (b, a)
             renames[old] = new
@@ -302,7 +301,7 @@ def summary(m: dict[str, float], params: Any) -> str:
     return "\n".join(lines)
 
 
-def figure(varying: Sequence[str], groups: Sequence[Group], path: Path) -> Path:
+def figure(groups: Sequence[Group], path: Path) -> Path:
     """Per configuration (one row each, by its label): the teacher's, the student alone's and the
     distilled student's test accuracy, the gain over the student alone in points and the share of the
     teacher-student gap closed, each mean +- std over seeds. The legend sits below the plots."""
@@ -437,7 +436,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"{heading}\n\n{table}")
     out = Path(args.out)
     md = out.with_suffix(".md")
-    png = figure(varying, groups, out.with_suffix(".png"))
+    png = figure(groups, out.with_suffix(".png"))
     legend_text = (
         f"\n\nWhat each configuration sets (the params that differ between them):\n\n{legend}"
         if legend
