@@ -46,7 +46,6 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline import layout  # noqa: E402
 from pipeline.data import FASHION_CLASSES, Split, load_fashion_mnist  # noqa: E402
 from pipeline.evaluation import predict_logits  # noqa: E402
 from pipeline.loss_set import LossSet  # noqa: E402
@@ -217,13 +216,9 @@ def main() -> None:
     val = Split(test.x[:5000], test.y[:5000])
     runtime = Runtime.from_params(params.runtime, 0, NUM_CLASSES)
     runtime = replace(runtime, progress=False)
-    teacher_dir = layout.model_dir(params, "teacher")
-    if (teacher_dir / layout.WEIGHTS).exists():
-        from safetensors.torch import load_file
-
-        teacher_state, teacher_from = load_file(str(teacher_dir / layout.WEIGHTS)), f"trained ({teacher_dir})"
-    else:
-        teacher_state, teacher_from = model("resnet8", 1).state_dict(), "randomly initialised"
+    # random weights: the time of a forward pass does not depend on them, and the pipeline's own teacher
+    # (models/teacher) is another architecture than the resnet8 these figures are for
+    teacher_state, teacher_from = model("resnet8", 1).state_dict(), "randomly initialised"
     cfg = replace(params.distill, epochs=1, augment=False)
     train = Split(train_all.x[: args.images], train_all.y[: args.images])
     long_train = Split(train_all.x[: args.images_long], train_all.y[: args.images_long])

@@ -104,7 +104,7 @@ class Group:
             if p.grad is not None:
                 p.grad.copy_(self.sum(p.grad) / self.world)
 
-    def step_readings(
+    def local_readings(
         self,
         total: torch.Tensor,
         terms: Sequence[torch.Tensor],
@@ -112,13 +112,12 @@ class Group:
         labelled: torch.Tensor | None,
         rows: int,
         pending: bool,
-    ) -> tuple[list[float], float, float | None, bool]:
-        """One training step's readings over every process's share of the global batch, on the host and
-        the same on every process (so the non-finite guard and a signal stop all at the same step):
-        ``[total loss, term 1, ...]`` (means over the global batch), the correct predictions, the
-        labelled rows (None: all), and whether any process has a signal pending."""
+    ) -> torch.Tensor:
+        """This process's share of one training step's readings, as one vector to sum over the processes
+        (:meth:`step_readings`): the loss and its terms weighted by the rows, the correct predictions,
+        the labelled rows, the rows, and whether a signal is pending here."""
         device = total.device
-        local = torch.stack(
+        return torch.stack(
             [
                 *(t.detach().float() * rows for t in (total, *terms)),
                 correct.float(),
@@ -127,12 +126,58 @@ class Group:
                 torch.tensor(float(pending), device=device),
             ]
         )
-        *weighted, correct_n, labelled_n, seen, stop = self.sum(local).tolist()
-        return [v / seen for v in weighted], correct_n, None if labelled is None else labelled_n, stop > 0
+
+    @staticmethod
+    def step_readings(
+        summed: torch.Tensor, all_labelled: bool
+    ) -> tuple[list[float], float, float | None, bool]:
+        """One training step's readings over every process's share of the global batch, from the sum of
+        their :meth:`local_readings`; on the host and the same on every process (so the non-finite guard
+        and a signal stop all at the same step): ``[total loss, term 1, ...]`` (means over the global
+        batch), the correct predictions, the labelled rows (None: all), and whether any process has a
+        signal pending."""
+        *weighted, correct_n, labelled_n, seen, stop = summed.tolist()
+        return [v / seen for v in weighted], correct_n, None if all_labelled else labelled_n, stop > 0
 
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()
+
+
+class Piggyback:
+    """Sums a small vector over the processes inside DistributedDataParallel's gradient all-reduce: the
+    vector rides at the end of the last gradient bucket, so a training step needs one collective (the
+    gradients, with the step's readings) instead of two. :meth:`attach` it to each DDP wrapper, set
+    :attr:`pending` before the backward pass and :meth:`take` the sum after it (None when no bucket
+    carried it: then sum it yourself). The gradients are averaged exactly as DDP's default does."""
+
+    def __init__(self) -> None:
+        self.pending: torch.Tensor | None = None
+        self._summed: torch.Tensor | None = None
+
+    def attach(self, ddp: torch.nn.parallel.DistributedDataParallel) -> None:
+        ddp.register_comm_hook(self, _piggyback_hook)
+
+    def take(self) -> torch.Tensor | None:
+        summed, self._summed, self.pending = self._summed, None, None
+        return summed
+
+
+def _piggyback_hook(state, bucket):  # noqa: ANN001, ANN202 - DDP checks the annotations, which must not be strings
+    grads = bucket.buffer().div_(dist.get_world_size())
+    extra = state.pending if bucket.is_last() else None
+    if extra is None:
+        return dist.all_reduce(grads, async_op=True).get_future().then(lambda fut: fut.value()[0])
+    state.pending = None
+    n = grads.numel()
+    joined = torch.cat([grads, extra.to(grads.device, grads.dtype)])
+
+    def split(fut: torch.futures.Future[list[torch.Tensor]]) -> torch.Tensor:
+        out = fut.value()[0]
+        state._summed = out[n:]
+        return out[:n]
+
+    return dist.all_reduce(joined, async_op=True).get_future().then(split)
 
 
 SINGLE = Group()

@@ -335,6 +335,8 @@ class Trainer:
             self.teacher_net = torch.compile(self.teacher)
         amp = self.runtime.amp_dtype
         self.scaler = torch.amp.GradScaler(self.device.type) if amp == torch.float16 else None
+        # with several processes, each step's readings are summed inside the gradient all-reduce
+        self.piggyback = distributed.Piggyback() if self.group.distributed else None
         # fixed inputs (no online augmentation, no teacher features): one teacher pass per training view
         # serves every epoch that uses it
         self.cache_teacher = self.teacher is not None and not self.augmenters and not self.losses.teacher_taps
@@ -561,6 +563,7 @@ class Trainer:
             net = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
+            self.piggyback.attach(net)
         if self.compiled:
             if self.group.distributed or not isinstance(self.net, torch._dynamo.eval_frame.OptimizedModule):
                 net = torch.compile(net)
@@ -638,15 +641,20 @@ class Trainer:
             x, targets, cached, idx, mixes_unlabelled=run.mixes_unlabelled
         )
         run.opt.zero_grad(set_to_none=True)
+        if self.piggyback is not None:  # summed over the processes with the gradients
+            self.piggyback.pending = local = self.group.local_readings(
+                total, terms, correct, labelled, len(idx), interrupts.pending() is not None
+            )
         if self.scaler is not None:
             self.scaler.scale(total).backward()
         else:
             total.backward()
-        if self.group.distributed:
+        if self.piggyback is not None:
             # DDP averaged the model's gradients; the loss modules' are averaged here
             self.group.average_gradients(self.losses.modules.parameters())
+            summed = self.piggyback.take()
             readings, correct_n, labelled_n, stop = self.group.step_readings(
-                total, terms, correct, labelled, len(idx), interrupts.pending() is not None
+                summed if summed is not None else self.group.sum(local), labelled is None
             )
         else:
             # the step's one host sync: the loss readings (for the guard and the running metrics) and the

@@ -229,14 +229,14 @@ class Plan:
         self, training: StageTraining, tracker: Tracker, scratch: bool = True
     ) -> tuple[dict[str, Fitted], dict[str, float]]:
         """Train the plan (without the baseline unless ``scratch``); the models and the stage's metrics."""
-        fitted = training.run(tracker, [self.scratch, self.first] if scratch else [self.first], nested=True)
+        fitted = training.run(tracker, [self.scratch, self.first] if scratch else [self.first], own_runs=True)
         metrics = {
             "copied_tensors": len(self.copy.report["copied"]),
             "fresh_tensors": len(self.copy.report["fresh"]),
         }
         if self.then is not None:
             self.then.teacher = fitted["teacher"].model
-            fitted |= training.run(tracker, [self.then], nested=True)
+            fitted |= training.run(tracker, [self.then], own_runs=True)
             metrics["adapted_teacher_accuracy"] = fitted["teacher"].test_accuracy
         return fitted, metrics
 
@@ -257,7 +257,7 @@ def target_training(
         splits,
         train_split="finetune",
         # another dataset than the one the offline copies were made from: always online
-        augmentation=Augmentation.for_stage(params, plugins.augmenters(), cfg.augment, "transfer", None),
+        augmentation=Augmentation.online_only(plugins.augmenters(), cfg.augment, "transfer"),
         dataset=(params.target.dataset.name, layout.prepared(params, layout.TARGET_FILE)),
         fmt=fmt,
     )

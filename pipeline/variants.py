@@ -48,15 +48,22 @@ class Augmentation:
 
     @classmethod
     def for_stage(
-        cls, params: Params, selected: Sequence[Selected], enabled: bool, stage: str, train: Split | None
+        cls, params: Params, selected: Sequence[Selected], enabled: bool, stage: str, train: Split
     ) -> Augmentation:
-        """``train`` is the split the offline copies were made from; None where copies do not apply
-        (the transfer stage trains on another dataset, so it always augments online)."""
+        """A stage on the source task: ``augment.mode: offline`` uses the copies prepare made of
+        ``train`` (the split they were made from, to check they match), online the augmenters."""
+        if enabled and params.augment.mode == "offline":
+            plugins = [sel.build(stage) for sel in selected]
+            return cls([], load(Path(params.paths.augmented), len(train)), plugins)
+        return cls.online_only(selected, enabled, stage)
+
+    @classmethod
+    def online_only(cls, selected: Sequence[Selected], enabled: bool, stage: str) -> Augmentation:
+        """A stage on another dataset than the one the offline copies were made from (transfer): the
+        augmenters run online whatever ``augment.mode`` says."""
         if not enabled:
             return cls()
         plugins = [sel.build(stage) for sel in selected]
-        if params.augment.mode == "offline" and train is not None:
-            return cls([], load(Path(params.paths.augmented), len(train)), plugins)
         return cls(plugins, None, plugins)
 
 
@@ -86,6 +93,36 @@ def split_digest(split: Split) -> str:
     h.update(np.ascontiguousarray(split.x).data)
     h.update(np.ascontiguousarray(split.y).data)
     return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class VariantLog:
+    """Where one variant's metrics go and what its training is called, decided once per variant.
+
+    ``trackers[0]`` is the stage's run: it gets the metrics with ``prefix``; a variant with its own run
+    (``trackers[1]``, nested under the stage's) gets them bare."""
+
+    trackers: tuple[Tracker, ...]
+    prefix: str  # the stage run's metric prefix ("" when the variant has no run of its own)
+    checkpoint: str  # names its checkpoint file
+    label: str  # names it in progress lines ("" when it is the stage's only model)
+
+    @classmethod
+    def of(cls, stage: str, name: str, stage_run: Tracker, own_run: Tracker | None) -> VariantLog:
+        if own_run is None:
+            return cls((stage_run,), "", name, "")
+        return cls((stage_run, own_run), f"{name}.", f"{stage}-{name}", name)
+
+    @property
+    def own(self) -> Tracker:
+        """The run that describes this model alone: its own run, or the stage's."""
+        return self.trackers[-1]
+
+    def __call__(self, metrics: dict[str, float], step: int | None = None) -> None:
+        for i, tracker in enumerate(self.trackers):
+            tracker.log_metrics(
+                {f"{self.prefix if i == 0 else ''}{k}": v for k, v in metrics.items()}, step=step
+            )
 
 
 @dataclass
@@ -173,33 +210,26 @@ class StageTraining:
         return {**plugin_tags(plugins), **{m.info.tag: m.info.provenance for m in models}}
 
     def run(
-        self, tracker: Tracker, variants: Sequence[Variant], nested: bool | None = None
+        self, tracker: Tracker, variants: Sequence[Variant], own_runs: bool | None = None
     ) -> dict[str, Fitted]:
-        """Train, test, save and log each variant in turn. ``nested`` (default: when there are several)
-        logs each to its own run under the stage's run, with its name as the stage run's metric prefix."""
-        nested = len(variants) > 1 if nested is None else nested
+        """Train, test, save and log each variant in turn. With ``own_runs`` (default: when there are
+        several) each is also logged to its own run under the stage's run, and its name prefixes its
+        metrics in the stage's run."""
+        own_runs = len(variants) > 1 if own_runs is None else own_runs
         fitted = {}
         for variant in variants:
-            if nested:
+            if own_runs:
                 with tracker.variant(variant.name, self.tags([variant])) as own:
-                    fitted[variant.name] = self._fit(variant, [tracker, own], prefix=f"{variant.name}.")
+                    log = VariantLog.of(self.stage, variant.name, tracker, own)
+                    fitted[variant.name] = self._fit(variant, log)
             else:
-                fitted[variant.name] = self._fit(variant, [tracker], prefix="")
+                fitted[variant.name] = self._fit(
+                    variant, VariantLog.of(self.stage, variant.name, tracker, None)
+                )
         return fitted
 
-    def _fit(self, variant: Variant, trackers: list[Tracker], prefix: str) -> Fitted:
-        """Train, test, save (weights, sidecar, history, loss modules) and log one variant.
-
-        ``trackers[0]`` (the stage run) gets metrics with ``prefix``; a variant's own run gets them bare.
-        """
-        nested = len(trackers) > 1
-
-        def log(metrics: dict[str, float], step: int | None = None) -> None:
-            for i, tracker in enumerate(trackers):
-                tracker.log_metrics(
-                    {f"{prefix if i == 0 else ''}{k}": v for k, v in metrics.items()}, step=step
-                )
-
+    def _fit(self, variant: Variant, log: VariantLog) -> Fitted:
+        """Train, test, save (weights, sidecar, history, loss modules) and log one variant."""
         if variant.train is not None and self.augmentation.copies is not None:
             raise ParamsError(
                 f"{self.stage}: '{variant.name}' trains on its own transfer set (a teacher-scored set or an "
@@ -210,22 +240,21 @@ class StageTraining:
         selected = variant.model or self.model
         model = selected.build_model(self.fmt.num_classes, self.fmt.channels, self.fmt.model_kwargs())
         lr_scale = variant.init(model) if variant.init is not None else None
-        name = f"{self.stage}-{variant.name}" if nested else variant.name
         warm = None
         if self.warm_start is not None:
-            warm = self._warm_start(variant, model, lr_scale, name, log)
+            warm = self._warm_start(variant, model, lr_scale, log)
         trainer = self.trainer(
             variant,
             model,
-            name,
-            variant.name if nested else "",
+            log.checkpoint,
+            log.label,
             lr_scale,
             lambda epoch, metrics: log(metrics, step=epoch),
             before_epoch=variant.before_epoch,
         )
-        trackers[-1].log_params(self.model_params(variant, model))
-        self._log_datasets(trackers[-1], variant)
-        trackers[-1].log_metrics({layout.PARAMETERS: sum(p.numel() for p in model.parameters())})
+        log.own.log_params(self.model_params(variant, model))
+        self._log_datasets(log.own, variant)
+        log.own.log_metrics({layout.PARAMETERS: sum(p.numel() for p in model.parameters())})
         result = trainer.fit(self._train_set(variant), self.splits["val"])
         test = self.splits["test"]
         logits = self.runtime.predict(model, torch.from_numpy(test.x))
@@ -234,7 +263,7 @@ class StageTraining:
         if self.runtime.group.is_main:  # with several processes, rank 0 writes the outputs, once
             saved = self._save(out, model, variant, result, test_acc, warm)
             log({layout.TEST_ACCURACY: test_acc, layout.TRAIN_SECONDS: result.seconds})
-            for tracker in trackers:
+            for tracker in log.trackers:
                 for file in saved:
                     tracker.log_artifact(out / file, variant.name)
             for done in (trainer.checkpoint, warm["checkpoint"] if warm else None):
@@ -323,8 +352,7 @@ class StageTraining:
         variant: Variant,
         model: nn.Module,
         lr_scale: Callable[[str], float] | None,
-        name: str,
-        log: Callable[..., None],
+        log: VariantLog,
     ) -> dict[str, Any]:
         """Sub-model weight transfer: train ``model`` on a seeded random share of the training split;
         the training on the whole split then starts from these weights, with a fresh optimizer and
@@ -337,7 +365,7 @@ class StageTraining:
         trainer = self.trainer(
             variant,
             model,
-            f"{name}-warm_start",
+            f"{log.checkpoint}-warm_start",
             f"{variant.name} warm start".strip(),
             lr_scale,
             lambda epoch, m: log({f"warm_start.{k}": v for k, v in m.items()}, step=epoch),

@@ -6,6 +6,9 @@ Cases:
   gathered), no augmentation: rank 0 saves the weights, history and teacher passes to OUT.
 - ``nan``: the loss becomes NaN on rank 1 only, at its third step: every rank must stop at that step
   with TrainingDiverged; each writes the exception and its step count to OUT.<rank>.
+- ``piggyback``: a vector summed inside the gradient all-reduce of a model split into several buckets,
+  against DDP's default all-reduce of the same step: rank 0 writes the sum and whether the gradients
+  are identical to OUT.
 """
 
 from __future__ import annotations
@@ -87,5 +90,28 @@ def nan(out: Path) -> None:
     Path(f"{out}.{rt.group.rank}").write_text(json.dumps({"outcome": outcome, "steps": steps["n"]}))
 
 
+def piggyback(out: Path) -> None:
+    group = distributed.from_environment("cpu")
+    grads, sums, buckets = [], [], 0
+    for carry in (False, True):
+        net = model(0, 32)
+        ddp = torch.nn.parallel.DistributedDataParallel(net, bucket_cap_mb=0.01)
+        carrier = distributed.Piggyback()
+        if carry:
+            carrier.attach(ddp)
+        for step in range(2):  # DDP buckets by its size cap from the second step on
+            carrier.pending = torch.tensor([group.rank + 1.0, 10.0 * step]) if carry else None
+            net.zero_grad()
+            x = torch.from_numpy(toy_split(8, group.rank + step).x).float() / 255
+            ddp(x).square().mean().backward()
+            grads.append([p.grad.clone() for p in net.parameters()])
+            if carry:
+                sums.append(carrier.take().tolist())
+        buckets = len(ddp.reducer._get_zeros_like_grad_buckets())
+    same = all(torch.equal(a, b) for a, b in zip(grads[0] + grads[1], grads[2] + grads[3], strict=True))
+    if group.is_main:
+        out.write_text(json.dumps({"sums": sums, "same_gradients": same, "buckets": buckets}))
+
+
 if __name__ == "__main__":
-    {"kd": kd, "nan": nan}[sys.argv[1]](Path(sys.argv[2]))
+    {"kd": kd, "nan": nan, "piggyback": piggyback}[sys.argv[1]](Path(sys.argv[2]))

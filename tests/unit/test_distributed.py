@@ -69,3 +69,15 @@ def test_a_non_finite_loss_on_one_process_stops_every_process_at_the_same_step(t
     assert result.returncode == 0, result.stdout + result.stderr
     outcomes = [json.loads((tmp_path / f"nan.{rank}").read_text()) for rank in (0, 1)]
     assert outcomes == [{"outcome": "TrainingDiverged", "steps": 3}] * 2
+
+
+def test_step_readings_ride_in_the_gradient_all_reduce_without_changing_the_gradients(tmp_path):
+    """The Trainer sums each step's readings inside DDP's gradient all-reduce (one collective a step):
+    the vector arrives summed over the ranks, in one of several buckets, and the gradients are
+    bit-identical to DDP's default all-reduce."""
+    out = tmp_path / "piggyback.json"
+    result = torchrun("piggyback", out)
+    assert result.returncode == 0, result.stdout + result.stderr
+    found = json.loads(out.read_text())
+    assert found["sums"] == [[3.0, 0.0], [3.0, 20.0]]
+    assert found["same_gradients"] and found["buckets"] > 1
