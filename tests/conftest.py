@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
@@ -63,6 +64,32 @@ def _plugin_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
     path = tmp_path_factory.mktemp("distillops-cache")
     monkeypatch.setenv("DISTILLOPS_CACHE_DIR", str(path))
     return path
+
+
+# MLflow keeps the URIs that mlflow.set_tracking_uri / set_registry_uri set in module globals (and copies
+# the tracking URI into the environment); a test that sets them, directly or through pipeline code it runs
+# in-process, would otherwise point every later test on the same worker at its store
+_MLFLOW_URI_GLOBALS = {
+    "mlflow.tracking._tracking_service.utils": "_tracking_uri",
+    "mlflow.tracking._model_registry.utils": "_registry_uri",
+}
+_MLFLOW_URI_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_uris_restored() -> Iterator[None]:
+    """Each test starts from the MLflow URIs of its environment, whatever the tests before it set."""
+    saved = {m: getattr(sys.modules[m], a) for m, a in _MLFLOW_URI_GLOBALS.items() if m in sys.modules}
+    env = {key: os.environ.get(key) for key in _MLFLOW_URI_ENV}
+    yield
+    for module, attr in _MLFLOW_URI_GLOBALS.items():
+        if module in sys.modules:
+            setattr(sys.modules[module], attr, saved.get(module))
+    for key, value in env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture
