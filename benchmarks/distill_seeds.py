@@ -10,6 +10,7 @@ about 0.5 pt is noise; this prints mean +- std of test accuracy over the seeds.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 
@@ -30,9 +31,14 @@ def main() -> None:
     splits, teacher = pipeline_inputs(params)
     results: dict[str, list[float]] = {"student_alone": [], "student": []}
     t0 = time.perf_counter()
+    # the student alone on its own schedule where distill.baseline_epochs gives one, as in the distill stage
+    alone_cfg = dataclasses.replace(cfg, epochs=cfg.baseline_epochs or cfg.epochs)
     for seed in args.seeds:
-        for variant, specs in (("student_alone", cfg.baseline_losses), ("student", cfg.losses)):
-            acc = train_student(params, cfg, specs, seed, splits, teacher, variant).accuracy
+        for variant, specs, fit_cfg in (
+            ("student_alone", cfg.baseline_losses, alone_cfg),
+            ("student", cfg.losses, cfg),
+        ):
+            acc = train_student(params, fit_cfg, specs, seed, splits, teacher, variant).accuracy
             results[variant].append(acc)
             print(f"seed {seed} {variant}: {acc:.4f}", flush=True)
     gains = [d - a for d, a in zip(results["student"], results["student_alone"], strict=True)]
@@ -43,7 +49,7 @@ def main() -> None:
         "",
         f"`python benchmarks/distill_seeds.py --seeds {' '.join(map(str, args.seeds))}` on {time.strftime('%Y-%m-%d')}, "
         f"CPU, {time.perf_counter() - t0:.0f} s. Teacher: `models/teacher` from `dvc repro`; student "
-        f"`{params.student.model.name}`, {cfg.epochs} epochs, augmentation {'on' if cfg.augment else 'off'}, "
+        f"`{params.student.model.name}`, {cfg.epochs} epochs (alone: {alone_cfg.epochs}), augmentation {'on' if cfg.augment else 'off'}, "
         f"distillation losses: {losses}. Test accuracy on the 10,000 Fashion-MNIST test images.",
         "",
         "| | " + " | ".join(f"seed {s}" for s in args.seeds) + " | mean +- std |",

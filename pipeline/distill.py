@@ -1,11 +1,13 @@
 """Stage 3, distill: train the student from the teacher, and the same student without it.
 
-Both students share architecture, data, augmentation, epochs, optimiser and seed; only the losses
-differ (``distill.losses`` with the teacher, ``distill.baseline_losses`` without), so the difference
-in test accuracy is the gain from distillation. With ``distill.warm_start`` both first train on a seeded
-random share of the training split (sub-model weight transfer) and continue from those weights. With
-``distill.exclude_classes`` the images of those classes are left out of both students' training set
-(the dark-knowledge check: what the distilled student learns of them comes from the soft targets alone).
+Both students share architecture, data, augmentation, optimiser and seed; only the losses differ
+(``distill.losses`` with the teacher, ``distill.baseline_losses`` without), so the difference in test
+accuracy is the gain from distillation. Both train ``distill.epochs`` unless ``distill.baseline_epochs``
+gives the student alone its own (each at the schedule chosen for it on the validation split). With
+``distill.warm_start`` both first train on a seeded random share of the training split (sub-model weight
+transfer) and continue from those weights. With ``distill.exclude_classes`` the images of those classes
+are left out of both students' training set (the dark-knowledge check: what the distilled student learns
+of them comes from the soft targets alone).
 
 ``distill.procedure`` says how the teacher teaches:
 - ``joint`` (default): the student trains with ``distill.losses`` (e.g. kd + ce), the teacher's logits and
@@ -128,7 +130,11 @@ def run(ctx: StageContext) -> dict[str, Fitted]:
             f"images dropped for both students (the teacher still knows them)"
         )
     variants = [
-        Variant("student_alone", LossSet.build(ctx.plugins.losses("distill.baseline_losses"), "distill")),
+        Variant(
+            "student_alone",
+            LossSet.build(ctx.plugins.losses("distill.baseline_losses"), "distill"),
+            epochs=cfg.baseline_epochs,
+        ),
         _student(params, ctx, training, teacher),
     ]
     if params.student.init is not None:  # both students start from the same weights: a fair baseline

@@ -272,6 +272,9 @@ class DistillParams(TrainParams):
     exclude_classes: tuple[int, ...]
     procedure: Procedure
     scored_targets: ScoredTargets
+    # the student alone's own epochs (None: ``epochs``), so each student trains for the schedule that
+    # suits it: distillation keeps gaining from long schedules where the student alone overfits
+    baseline_epochs: int | None = None
 
 
 @dataclass(frozen=True)
@@ -620,6 +623,12 @@ def _check_values(p: Params, source: str) -> None:
             _fail(source, "distill.warm_start.fraction", f"must be in (0, 1], got {ws.fraction}")
         if ws.epochs < 1:
             _fail(source, "distill.warm_start.epochs", f"must be at least 1, got {ws.epochs}")
+    if p.distill.baseline_epochs is not None and p.distill.baseline_epochs < 1:
+        _fail(
+            source,
+            "distill.baseline_epochs",
+            f"must be at least 1, or null for distill.epochs; got {p.distill.baseline_epochs}",
+        )
     if any(c < 0 for c in p.distill.exclude_classes):
         _fail(
             source,

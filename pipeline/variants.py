@@ -85,6 +85,11 @@ class Variant:
     model: Selected | None = None
     # where it is saved; None: its ``paths.<name>`` folder
     out: Path | None = None
+    # its own number of epochs; None: the stage's
+    epochs: int | None = None
+
+    def epochs_of(self, cfg: TrainParams) -> int:
+        return self.epochs if self.epochs is not None else cfg.epochs
 
 
 def split_digest(split: Split) -> str:
@@ -251,6 +256,7 @@ class StageTraining:
             lr_scale,
             lambda epoch, metrics: log(metrics, step=epoch),
             before_epoch=variant.before_epoch,
+            epochs=variant.epochs,
         )
         log.own.log_params(self.model_params(variant, model))
         self._log_datasets(log.own, variant)
@@ -337,7 +343,7 @@ class StageTraining:
             "stage": self.stage,
             "seed": self.runtime.seed,
             "train_images": len(self._train_set(variant)),
-            "epochs": self.cfg.epochs,
+            "epochs": variant.epochs_of(self.cfg),
             "batch_size": self.cfg.batch_size,
             "optimizer": self.cfg.optimizer,
             "lr": self.cfg.lr,
@@ -399,7 +405,7 @@ class StageTraining:
         extra = {
             layout.TEST_ACCURACY: test_acc,
             layout.TRAIN_SECONDS: round(result.seconds, 2),
-            "epochs": self.cfg.epochs,
+            "epochs": variant.epochs_of(self.cfg),
             "resumed_from_epoch": result.resumed_from,
             **variant.meta,
         }

@@ -40,6 +40,7 @@ def tiny_params_dict(**overrides: object) -> dict:
     p["data"]["test_limit"] = 256
     for stage in ("teacher", "distill", "transfer"):
         p[stage]["epochs"] = 1
+    p["distill"]["baseline_epochs"] = None  # the student alone trains distill.epochs too
     p["target"]["label_budget"] = 100
     p["export"]["calibration_samples"] = 64
     p["evaluate"]["latency_warmup"] = 2

@@ -524,10 +524,11 @@ def test_failed_stage_leaves_lock_and_previous_outputs_in_place(repro, pipeline_
 
 
 def test_warm_start_and_left_out_classes_through_one_dvc_exp_run(repro, pipeline_env):
-    """Two distill options selected from the command line in one real `dvc exp run --temp -S ... -S ...`
-    (one run for both keeps the suite short): sub-model weight transfer (a warm start on half the
-    training split) and the dark-knowledge check (class 3 left out of the students' training set, then
-    reported before and after the bias). Only the stages after the teacher rerun."""
+    """Three distill options selected from the command line in one real `dvc exp run --temp -S ... -S ...`
+    (one run for all keeps the suite short): sub-model weight transfer (a warm start on half the
+    training split), the dark-knowledge check (class 3 left out of the students' training set, then
+    reported before and after the bias) and the student alone's own epochs. Only the stages after the
+    teacher rerun."""
     from mlflow.tracking import MlflowClient
 
     repo, _ = repro
@@ -543,6 +544,7 @@ def test_warm_start_and_left_out_classes_through_one_dvc_exp_run(repro, pipeline
             "dvc", "exp", "run", "--temp",
             "-S", "distill.warm_start={fraction: 0.5, epochs: 1}",
             "-S", "distill.exclude_classes=[3]",
+            "-S", "distill.epochs=2", "-S", "distill.baseline_epochs=1",
         ],
         repo,
         pipeline_env,
@@ -560,6 +562,13 @@ def test_warm_start_and_left_out_classes_through_one_dvc_exp_run(repro, pipeline
         f"tags.`mlflow.parentRunId` = '{distill.info.run_id}' and tags.`distillops.variant` = 'student'",
     )[0]
     assert "warm_start.val_accuracy" in student.data.metrics and "val_accuracy" in student.data.metrics
+    # the student alone trains its own epochs (distill.baseline_epochs) beside the distilled student's
+    alone = client.search_runs(
+        [exp.experiment_id],
+        f"tags.`mlflow.parentRunId` = '{distill.info.run_id}' and tags.`distillops.variant` = 'student_alone'",
+    )[0]
+    assert (student.data.params["epochs"], alone.data.params["epochs"]) == ("2", "1")
+    assert len(client.get_metric_history(alone.info.run_id, "val_accuracy")) == 1
     # the experiment's parent is named after it and links the teacher run of the first execution, which
     # DVC did not rerun
     parent = client.get_run(distill.data.tags["mlflow.parentRunId"])

@@ -121,6 +121,7 @@ def test_wrong_types_name_the_key(tmp_path, data, key, expected):
         ({"distill": {"warm_start": {"fraction": 0, "epochs": 1}}}, "distill.warm_start.fraction"),
         ({"distill": {"warm_start": {"fraction": 0.1, "epochs": 0}}}, "distill.warm_start.epochs"),
         ({"distill": {"warm_start": {"fraction": 0.1}}}, "distill.warm_start.epochs"),
+        ({"distill": {"baseline_epochs": 0}}, "distill.baseline_epochs"),
         ({"distill": {"exclude_classes": [-1]}}, "distill.exclude_classes"),
         ({"transfer": {"variant": "freeze"}}, "transfer.variant"),
         ({"runtime": {"processes": 0}}, "runtime.processes"),

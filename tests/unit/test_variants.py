@@ -76,3 +76,14 @@ def test_warm_start_trains_a_seeded_subset_first_and_continues_from_its_weights(
 
     plain = fit(training(tmp_path / "plain"))["student"]
     assert not torch.equal(plain.model.fc.weight, model.fc.weight)  # the warm start changed the result
+
+
+def test_a_variant_with_its_own_epochs_trains_and_records_them(tmp_path):
+    """distill.baseline_epochs: the student alone trains its own schedule beside the stage's."""
+    t = training(tmp_path)
+    with contextlib.redirect_stdout(io.StringIO()):
+        fitted = t.run(
+            Tracker(), [Variant("student", LossSet.from_specs([LossSpec("ce")], "distill"), epochs=1)]
+        )["student"]
+    meta = json.loads((tmp_path / "student" / "model.json").read_text())
+    assert len(fitted.history) == 1 and meta["epochs"] == 1 and CFG.epochs == 2
