@@ -56,6 +56,8 @@ CANDIDATES: dict[str, dict[str, list[dict]]] = {
     "kd": {"kd T=3": [spec("kd", 0.5, temperature=3.0), CE_HALF]},
     "kd, longer schedule": {
         "kd T=3, 60 epochs": [spec("kd", 0.5, temperature=3.0), CE_HALF],
+        "kd T=3, 100 epochs": [spec("kd", 0.5, temperature=3.0), CE_HALF],
+        "kd T=3, 60 epochs, flip+crop": [spec("kd", 0.5, temperature=3.0), CE_HALF],
     },
     "kd standardize": {
         "kd T=1 standardize": [spec("kd", 0.5, temperature=1.0, standardize=True), CE_HALF],
@@ -88,10 +90,12 @@ OWN_EPOCHS = {
     "ce, 20 epochs": 20,
     "ce, 60 epochs": 60,
     "kd T=3, 60 epochs": 60,
+    "kd T=3, 100 epochs": 100,
+    "kd T=3, 60 epochs, flip+crop": 60,
 }
 # settings trained on augment.ops (fresh flips and crops every batch, so the teacher runs on every batch
 # instead of once per run: the student matches the teacher on views it has not seen before)
-AUGMENTED: set[str] = set()
+AUGMENTED = {"kd T=3, 60 epochs, flip+crop"}
 SETTINGS = {label: losses for settings in CANDIDATES.values() for label, losses in settings.items()}
 METHOD_OF = {label: method for method, settings in CANDIDATES.items() for label in settings}
 

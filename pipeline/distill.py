@@ -3,7 +3,7 @@
 Both students share architecture, data, augmentation, optimiser and seed; only the losses differ
 (``distill.losses`` with the teacher, ``distill.baseline_losses`` without), so the difference in test
 accuracy is the gain from distillation. Both train ``distill.epochs`` unless ``distill.baseline_epochs``
-gives the student alone its own (each at the schedule chosen for it on the validation split). With
+gives the student alone its own (so that each can train at the schedule best for it on validation). With
 ``distill.warm_start`` both first train on a seeded random share of the training split (sub-model weight
 transfer) and continue from those weights. With ``distill.exclude_classes`` the images of those classes
 are left out of both students' training set (the dark-knowledge check: what the distilled student learns
