@@ -49,7 +49,8 @@ def main() -> None:
         "",
         f"`python benchmarks/distill_seeds.py --seeds {' '.join(map(str, args.seeds))}` on {time.strftime('%Y-%m-%d')}, "
         f"CPU, {time.perf_counter() - t0:.0f} s. Teacher: `models/teacher` from `dvc repro`; student "
-        f"`{params.student.model.name}`, {cfg.epochs} epochs (alone: {alone_cfg.epochs}), augmentation {'on' if cfg.augment else 'off'}, "
+        f"`{params.student.model.name}`, {cfg.epochs} epochs (alone: {alone_cfg.epochs}), "
+        f"augmentation {'on' if cfg.augment else 'off'}, "
         f"distillation losses: {losses}. Test accuracy on the 10,000 Fashion-MNIST test images.",
         "",
         "| | " + " | ".join(f"seed {s}" for s in args.seeds) + " | mean +- std |",

@@ -11,9 +11,10 @@ validation split, the chosen ones reported on the test split over seeds.
 
 Run after `dvc repro teacher` (it reads models/teacher and data/prepared). Everything but the losses, the
 epochs (30, or the setting's own) and augmentation (off, or the setting's augment.ops) is the distill
-stage's configuration in params.yaml (student, optimiser, schedule, batch size). Every run records both its validation and its test accuracy in LOGIT_METHODS.jsonl
-(one line per run, appended as it finishes, so an interrupted sweep resumes where it stopped); the
-`sweep` phase and the choice read the validation accuracy only, `test` reruns nothing already measured.
+stage's configuration in params.yaml (student, optimiser, schedule, batch size). Every run records both
+its validation and its test accuracy in LOGIT_METHODS.jsonl (one line per run, appended as it finishes,
+so an interrupted sweep resumes where it stopped); the `sweep` phase and the choice read the validation
+accuracy only, `test` reruns nothing already measured.
 With ``--jobs 2`` two runs train at once, one thread each (on 2 cores more runs per hour than one run
 on two threads); every row of the table is measured that way, so they compare.
 """
@@ -45,6 +46,7 @@ def spec(name: str, weight: float, **kwargs: object) -> dict:
 
 
 CE_HALF, CE = spec("ce", 0.5), spec("ce", 1.0)
+KD_T3 = [spec("kd", 0.5, temperature=3.0), CE_HALF]  # today's default losses
 # method -> {setting label: losses}; "alone" and "kd T=3" are the references every table row is set
 # against (the student trained without a teacher, and today's default)
 CANDIDATES: dict[str, dict[str, list[dict]]] = {
@@ -53,12 +55,12 @@ CANDIDATES: dict[str, dict[str, list[dict]]] = {
         "ce, 20 epochs": [spec("ce", 1.0)],
         "ce, 60 epochs": [spec("ce", 1.0)],
     },
-    "kd": {"kd T=3": [spec("kd", 0.5, temperature=3.0), CE_HALF]},
+    "kd": {"kd T=3": KD_T3},
     "kd, longer schedule": {
-        "kd T=3, 60 epochs": [spec("kd", 0.5, temperature=3.0), CE_HALF],
-        "kd T=3, 100 epochs": [spec("kd", 0.5, temperature=3.0), CE_HALF],
-        "kd T=3, 60 epochs, flip+crop": [spec("kd", 0.5, temperature=3.0), CE_HALF],
-        "kd T=3, 60 epochs, mixup": [spec("kd", 0.5, temperature=3.0), CE_HALF],
+        "kd T=3, 60 epochs": KD_T3,
+        "kd T=3, 100 epochs": KD_T3,
+        "kd T=3, 60 epochs, flip+crop": KD_T3,
+        "kd T=3, 60 epochs, mixup": KD_T3,
     },
     "kd standardize": {
         "kd T=1 standardize": [spec("kd", 0.5, temperature=1.0, standardize=True), CE_HALF],
@@ -251,8 +253,8 @@ def write_table(sweep_seeds: Sequence[int], test_seeds: Sequence[int], params_fi
         "each. Teacher: `models/teacher` from `dvc repro` (seed 0); student and training as the distill "
         "stage's params.yaml (LeNet-5 with 32 hidden units, "
         f"{EPOCHS} epochs, AdamW one-cycle, batch 128, no augmentation unless the setting names it, "
-        "so the teacher's logits are computed once per run); only the losses differ, and the epochs where a setting names its own. "
-        "Each run's per-run rows are in `LOGIT_METHODS.jsonl`.",
+        "so the teacher's logits are computed once per run); only the losses differ, and the epochs "
+        "where a setting names its own. Each run's per-run rows are in `LOGIT_METHODS.jsonl`.",
         "",
         "## Sweep on the validation split (5,000 images held out of the training set)",
         "",
@@ -357,7 +359,7 @@ def log_to_mlflow(
                 "seed": seed,
                 "distill.epochs": row["epochs"],
                 "distill.baseline_epochs": alone[seed]["epochs"],
-                "distill.augment": row.get("augment", False),
+                "distill.augment": row.get("augment", []),
             }
             for i, spec_ in enumerate(row["losses"]):
                 params.update({f"distill.losses.{i}.{k}": v for k, v in spec_.items()})
