@@ -61,6 +61,18 @@ CANDIDATES: dict[str, dict[str, list[dict]]] = {
         "kd T=3, 100 epochs": KD_T3,
         "kd T=3, 60 epochs, flip+crop": KD_T3,
         "kd T=3, 60 epochs, mixup": KD_T3,
+        "kd T=4, 60 epochs": [spec("kd", 0.5, temperature=4.0), CE_HALF],
+        "kd T=3, 60 epochs, 0.9/0.1": [spec("kd", 0.9, temperature=3.0), spec("ce", 0.1)],
+    },
+    # KD plus a FitNets hint: the student's last feature map (16 channels, 5x5) regressed by a 1x1
+    # convolution onto the teacher's (64 channels), or its 32-unit hidden layer by a linear map onto the
+    # teacher's 256 units (weighted so both start near KD's scale: mean squares 0.48 and 4.7)
+    "kd + fitnets": {
+        "kd T=3 + fitnets features, 60 epochs": [*KD_T3, spec("fitnets", 1.0)],
+        "kd T=3 + fitnets hidden, 60 epochs": [
+            *KD_T3,
+            spec("fitnets", 0.2, student_layer="classifier", teacher_layer="classifier"),
+        ],
     },
     "kd standardize": {
         "kd T=1 standardize": [spec("kd", 0.5, temperature=1.0, standardize=True), CE_HALF],
@@ -96,6 +108,10 @@ OWN_EPOCHS = {
     "kd T=3, 100 epochs": 100,
     "kd T=3, 60 epochs, flip+crop": 60,
     "kd T=3, 60 epochs, mixup": 60,
+    "kd T=4, 60 epochs": 60,
+    "kd T=3, 60 epochs, 0.9/0.1": 60,
+    "kd T=3 + fitnets features, 60 epochs": 60,
+    "kd T=3 + fitnets hidden, 60 epochs": 60,
 }
 # settings trained on augmented batches, with their ops (None: params.yaml's augment.ops, flips and
 # crops). Fresh views every batch, so the teacher runs on every batch instead of once per run: the
