@@ -27,7 +27,7 @@ import statistics
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from multiprocessing import get_context
 from pathlib import Path
@@ -45,83 +45,79 @@ def spec(name: str, weight: float, **kwargs: object) -> dict:
     return {"name": name, "weight": weight, **kwargs}
 
 
+# every setting trains 30 epochs (the distill stage's schedule when the methods were compared) but those
+# that name their own, which try the schedule itself: a longer one is where KD is reported to gain most over
+# the student alone, which overfits, and a shorter one may suit the student alone better
+EPOCHS = 30
+PARAMS_OPS = True  # Setting.augment: params.yaml's augment.ops (flips and crops)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One candidate: its losses, its epochs and its augmentation. ``augment`` is False (none: the teacher's
+    logits are computed once per run), PARAMS_OPS, or the setting's own ops. Augmented settings see fresh
+    views every batch, so the teacher runs on every batch: the student matches the teacher on images it
+    has not seen before; mixup's blends of two images are the "function matching" of Beyer et al. (CVPR
+    2022), where KD kept gaining over long schedules."""
+
+    losses: list[dict]
+    epochs: int = EPOCHS
+    augment: bool | list[dict] = False
+
+
 CE_HALF, CE = spec("ce", 0.5), spec("ce", 1.0)
 KD_T3 = [spec("kd", 0.5, temperature=3.0), CE_HALF]  # today's default losses
-# method -> {setting label: losses}; "alone" and "kd T=3" are the references every table row is set
+# method -> {setting label: setting}; "alone" and "kd T=3" are the references every table row is set
 # against (the student trained without a teacher, and today's default)
-CANDIDATES: dict[str, dict[str, list[dict]]] = {
+CANDIDATES: dict[str, dict[str, Setting]] = {
     "alone": {
-        "ce": [spec("ce", 1.0)],
-        "ce, 20 epochs": [spec("ce", 1.0)],
-        "ce, 60 epochs": [spec("ce", 1.0)],
+        "ce": Setting([CE]),
+        "ce, 20 epochs": Setting([CE], 20),
+        "ce, 60 epochs": Setting([CE], 60),
     },
-    "kd": {"kd T=3": KD_T3},
+    "kd": {"kd T=3": Setting(KD_T3)},
     "kd, longer schedule": {
-        "kd T=3, 60 epochs": KD_T3,
-        "kd T=3, 100 epochs": KD_T3,
-        "kd T=3, 60 epochs, flip+crop": KD_T3,
-        "kd T=3, 60 epochs, mixup": KD_T3,
-        "kd T=4, 60 epochs": [spec("kd", 0.5, temperature=4.0), CE_HALF],
-        "kd T=3, 60 epochs, 0.9/0.1": [spec("kd", 0.9, temperature=3.0), spec("ce", 0.1)],
+        "kd T=3, 60 epochs": Setting(KD_T3, 60),
+        "kd T=3, 100 epochs": Setting(KD_T3, 100),
+        "kd T=3, 60 epochs, flip+crop": Setting(KD_T3, 60, PARAMS_OPS),
+        "kd T=3, 60 epochs, mixup": Setting(KD_T3, 60, [{"name": "mixup", "alpha": 1.0}]),
+        "kd T=4, 60 epochs": Setting([spec("kd", 0.5, temperature=4.0), CE_HALF], 60),
+        "kd T=3, 60 epochs, 0.9/0.1": Setting([spec("kd", 0.9, temperature=3.0), spec("ce", 0.1)], 60),
     },
     # KD plus a FitNets hint: the student's last feature map (16 channels, 5x5) regressed by a 1x1
     # convolution onto the teacher's (64 channels), or its 32-unit hidden layer by a linear map onto the
     # teacher's 256 units (weighted so both start near KD's scale: mean squares 0.48 and 4.7)
     "kd + fitnets": {
-        "kd T=3 + fitnets features, 60 epochs": [*KD_T3, spec("fitnets", 1.0)],
-        "kd T=3 + fitnets hidden, 60 epochs": [
-            *KD_T3,
-            spec("fitnets", 0.2, student_layer="classifier", teacher_layer="classifier"),
-        ],
+        "kd T=3 + fitnets features, 60 epochs": Setting([*KD_T3, spec("fitnets", 1.0)], 60),
+        "kd T=3 + fitnets hidden, 60 epochs": Setting(
+            [*KD_T3, spec("fitnets", 0.2, student_layer="classifier", teacher_layer="classifier")], 60
+        ),
     },
     "kd standardize": {
-        "kd T=1 standardize": [spec("kd", 0.5, temperature=1.0, standardize=True), CE_HALF],
-        "kd T=2 standardize": [spec("kd", 0.5, temperature=2.0, standardize=True), CE_HALF],
-        "kd T=3 standardize": [spec("kd", 0.5, temperature=3.0, standardize=True), CE_HALF],
-        "kd T=2 standardize, 0.9/0.1": [
-            spec("kd", 0.9, temperature=2.0, standardize=True),
-            spec("ce", 0.1),
-        ],
+        "kd T=1 standardize": Setting([spec("kd", 0.5, temperature=1.0, standardize=True), CE_HALF]),
+        "kd T=2 standardize": Setting([spec("kd", 0.5, temperature=2.0, standardize=True), CE_HALF]),
+        "kd T=3 standardize": Setting([spec("kd", 0.5, temperature=3.0, standardize=True), CE_HALF]),
+        "kd T=2 standardize, 0.9/0.1": Setting(
+            [spec("kd", 0.9, temperature=2.0, standardize=True), spec("ce", 0.1)]
+        ),
     },
     "dkd": {
-        "dkd beta=2 T=4": [spec("dkd", 1.0, beta=2.0, temperature=4.0), CE],
-        "dkd beta=4 T=4": [spec("dkd", 1.0, beta=4.0, temperature=4.0), CE],
-        "dkd beta=2 T=2 standardize": [spec("dkd", 1.0, beta=2.0, temperature=2.0, standardize=True), CE],
+        "dkd beta=2 T=4": Setting([spec("dkd", 1.0, beta=2.0, temperature=4.0), CE]),
+        "dkd beta=4 T=4": Setting([spec("dkd", 1.0, beta=4.0, temperature=4.0), CE]),
+        "dkd beta=2 T=2 standardize": Setting(
+            [spec("dkd", 1.0, beta=2.0, temperature=2.0, standardize=True), CE]
+        ),
     },
     "nkd": {
-        "nkd T=1 gamma=1.5": [spec("nkd", 1.0, temperature=1.0, gamma=1.5), CE],
-        "nkd T=2 gamma=1.5": [spec("nkd", 1.0, temperature=2.0, gamma=1.5), CE],
+        "nkd T=1 gamma=1.5": Setting([spec("nkd", 1.0, temperature=1.0, gamma=1.5), CE]),
+        "nkd T=2 gamma=1.5": Setting([spec("nkd", 1.0, temperature=2.0, gamma=1.5), CE]),
     },
     "ctkd": {
-        "ctkd T0=3": [spec("ctkd", 0.5, temperature=3.0), CE_HALF],
-        "ctkd T0=2 standardize": [spec("ctkd", 0.5, temperature=2.0, standardize=True), CE_HALF],
+        "ctkd T0=3": Setting([spec("ctkd", 0.5, temperature=3.0), CE_HALF]),
+        "ctkd T0=2 standardize": Setting([spec("ctkd", 0.5, temperature=2.0, standardize=True), CE_HALF]),
     },
 }
-# every setting trains 30 epochs (the distill stage's schedule when the methods were compared) but these,
-# which try the schedule itself: a longer one is where KD is reported to gain most over the student
-# alone, which overfits, and a shorter one may suit the student alone better
-EPOCHS = 30
-OWN_EPOCHS = {
-    "ce, 20 epochs": 20,
-    "ce, 60 epochs": 60,
-    "kd T=3, 60 epochs": 60,
-    "kd T=3, 100 epochs": 100,
-    "kd T=3, 60 epochs, flip+crop": 60,
-    "kd T=3, 60 epochs, mixup": 60,
-    "kd T=4, 60 epochs": 60,
-    "kd T=3, 60 epochs, 0.9/0.1": 60,
-    "kd T=3 + fitnets features, 60 epochs": 60,
-    "kd T=3 + fitnets hidden, 60 epochs": 60,
-}
-# settings trained on augmented batches, with their ops (None: params.yaml's augment.ops, flips and
-# crops). Fresh views every batch, so the teacher runs on every batch instead of once per run: the
-# student matches the teacher on images it has not seen before; mixup's blends of two images are the
-# "function matching" of Beyer et al. (CVPR 2022), where KD kept gaining over long schedules
-AUGMENTED: dict[str, list[dict] | None] = {
-    "kd T=3, 60 epochs, flip+crop": None,
-    "kd T=3, 60 epochs, mixup": [{"name": "mixup", "alpha": 1.0}],
-}
-SETTINGS = {label: losses for settings in CANDIDATES.values() for label, losses in settings.items()}
+SETTINGS = {label: setting for settings in CANDIDATES.values() for label, setting in settings.items()}
 METHOD_OF = {label: method for method, settings in CANDIDATES.items() for label in settings}
 
 
@@ -145,24 +141,25 @@ def _run(label: str, seed: int) -> dict:
 
     from pipeline.params import LossSpec, PluginSpec
 
+    setting = SETTINGS[label]
     losses = [
         LossSpec(s["name"], {k: v for k, v in s.items() if k not in ("name", "weight")}, s["weight"])
-        for s in SETTINGS[label]
+        for s in setting.losses
     ]
     params = _state["params"]
-    if AUGMENTED.get(label) is not None:
+    if isinstance(setting.augment, list):
         ops = tuple(
-            PluginSpec(o["name"], {k: v for k, v in o.items() if k != "name"}) for o in AUGMENTED[label]
+            PluginSpec(o["name"], {k: v for k, v in o.items() if k != "name"}) for o in setting.augment
         )
         params = replace(params, augment=replace(params.augment, ops=ops))
-    cfg = replace(params.distill, epochs=OWN_EPOCHS.get(label, EPOCHS), augment=label in AUGMENTED)
+    cfg = replace(params.distill, epochs=setting.epochs, augment=bool(setting.augment))
     t0 = time.perf_counter()
     trained = train_student(params, cfg, losses, seed, _state["splits"], _state["teacher"], label)
     return {
         "setting": label,
         "method": METHOD_OF[label],
         "seed": seed,
-        "losses": SETTINGS[label],
+        "losses": setting.losses,
         "val_accuracy": trained.val_accuracy,
         "test_accuracy": trained.accuracy,
         "fit_seconds": round(trained.seconds, 1),
@@ -286,7 +283,9 @@ def write_table(sweep_seeds: Sequence[int], test_seeds: Sequence[int], params_fi
             got = [v for v in vals if v is not None]
             mean = f"{statistics.mean(got):.4f}" if got else ""
             mark = " **(chosen)**" if best.get(method) == label and len(settings) > 1 else ""
-            lines.append(f"| {method} | {label}{mark} | {losses_text(SETTINGS[label])} | {cells} | {mean} |")
+            lines.append(
+                f"| {method} | {label}{mark} | {losses_text(SETTINGS[label].losses)} | {cells} | {mean} |"
+            )
 
     teacher = teacher_accuracy(params_file)
     test = by_setting(runs, test_seeds)
