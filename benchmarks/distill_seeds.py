@@ -32,7 +32,7 @@ def main() -> None:
     results: dict[str, list[float]] = {"student_alone": [], "student": []}
     t0 = time.perf_counter()
     # the student alone on its own schedule where distill.baseline_epochs gives one, as in the distill stage
-    alone_cfg = dataclasses.replace(cfg, epochs=cfg.baseline_epochs or cfg.epochs)
+    alone_cfg = dataclasses.replace(cfg, epochs=cfg.alone_epochs)
     for seed in args.seeds:
         for variant, specs, fit_cfg in (
             ("student_alone", cfg.baseline_losses, alone_cfg),

@@ -133,7 +133,7 @@ def run(ctx: StageContext) -> dict[str, Fitted]:
         Variant(
             "student_alone",
             LossSet.build(ctx.plugins.losses("distill.baseline_losses"), "distill"),
-            epochs=cfg.baseline_epochs,
+            epochs=cfg.alone_epochs,
         ),
         _student(params, ctx, training, teacher),
     ]

@@ -276,6 +276,11 @@ class DistillParams(TrainParams):
     # suits it: distillation keeps gaining from long schedules where the student alone overfits
     baseline_epochs: int | None = None
 
+    @property
+    def alone_epochs(self) -> int:
+        """The student alone's epochs: ``baseline_epochs``, or ``epochs`` where that is None."""
+        return self.baseline_epochs if self.baseline_epochs is not None else self.epochs
+
 
 @dataclass(frozen=True)
 class TransferParams(TrainParams):

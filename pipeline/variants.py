@@ -256,7 +256,7 @@ class StageTraining:
             lr_scale,
             lambda epoch, metrics: log(metrics, step=epoch),
             before_epoch=variant.before_epoch,
-            epochs=variant.epochs,
+            epochs=variant.epochs_of(self.cfg),
         )
         log.own.log_params(self.model_params(variant, model))
         self._log_datasets(log.own, variant)
@@ -291,12 +291,12 @@ class StageTraining:
         on_epoch: Callable[[int, dict[str, float]], None],
         *,
         before_epoch: Callable[[nn.Module, int], None] | None = None,
-        epochs: int | None = None,
+        epochs: int,
         rows: np.ndarray | None = None,
     ) -> Trainer:
-        """The one place a :class:`Trainer` is built: the stage's optimisation settings, runtime and
-        augmentation with a variant's losses and teacher. ``name`` names its checkpoint; ``epochs`` and
-        ``rows`` (of the offline copies) narrow it to a warm start."""
+        """The one place a :class:`Trainer` is built: the stage's optimisation settings for ``epochs``,
+        runtime and augmentation with a variant's losses and teacher. ``name`` names its checkpoint;
+        ``rows`` (of the offline copies) narrow it to a warm start's share."""
         copies = self.augmentation.copies
         if copies is not None and rows is not None:
             copies = AugmentedCopies(copies.x[:, rows], copies.targets[:, rows])
@@ -304,7 +304,7 @@ class StageTraining:
             self.stage,
             model,
             variant.losses,
-            self.cfg if epochs is None else replace(self.cfg, epochs=epochs),
+            replace(self.cfg, epochs=epochs),
             self.runtime,
             augmenters=self.augmentation.online,
             teacher=variant.teacher,
