@@ -607,6 +607,27 @@ def onnx_requirements() -> list[str]:
     return [f"{name}=={version(name)}" for name in ("numpy", "onnx", "onnxruntime")]
 
 
+@contextlib.contextmanager
+def fluent_store(uri: str) -> Iterator[None]:
+    """Point MLflow's fluent API (``mlflow.<flavor>.log_model``, ``mlflow.start_run``) at ``uri`` for a
+    block. It reads the process-wide tracking URI, and setting that URI also writes MLFLOW_TRACKING_URI into
+    the environment, so both are put back as they were after the block: a caller that embeds the pipeline
+    keeps its own store, and the subprocesses it starts later inherit its environment, not the stage's."""
+    import mlflow
+    from mlflow.tracking._tracking_service import utils  # holds the explicitly set URI; None when unset
+
+    explicit, env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(explicit)  # None unsets it, and the environment variable with it
+        if env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = env
+
+
 def log_onnx_model(
     tracker: Tracker,
     onnx_path: Path,
@@ -635,8 +656,7 @@ def log_onnx_model(
             [TensorSpec(np.dtype(np.float32), (-1, num_classes), out.name) for out in model.graph.output]
         ),
     )
-    mlflow.set_tracking_uri(tracker.client.tracking_uri)
-    with mlflow.start_run(run_id=tracker.run_id):
+    with fluent_store(tracker.client.tracking_uri), mlflow.start_run(run_id=tracker.run_id):
         info = mlflow.onnx.log_model(
             model,
             name=name,

@@ -269,3 +269,26 @@ def test_git_dirty_counts_code_and_params_not_dvc_outputs(tmp_path):
     (tmp_path / "stage.py").write_text("x = 2\n")
     (tmp_path / "params.yaml").write_text("paths:\n  metrics: reports/metrics.json\nseed: 1\n")
     assert tracking.git_commit(tmp_path)[1] == ["params.yaml", "stage.py"]
+
+
+@pytest.mark.parametrize("explicit", [None, "sqlite:///caller.db"])
+@pytest.mark.parametrize("env", [None, "sqlite:///from-env.db"])
+def test_fluent_store_points_mlflow_at_the_stage_store_and_puts_the_callers_back(
+    tmp_path, monkeypatch, explicit, env
+):
+    """log_onnx_model logs through MLflow's fluent API, which reads a process-wide URI and copies it into
+    the environment; after the block the embedding process has its own URI and environment again."""
+    import mlflow
+    from mlflow.tracking._tracking_service import utils
+
+    monkeypatch.setattr(utils, "_tracking_uri", explicit)
+    if env is None:
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    else:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", env)
+    stage = f"sqlite:///{tmp_path / 'stage.db'}"
+    with tracking.fluent_store(stage):
+        assert mlflow.get_tracking_uri() == stage
+        assert os.environ["MLFLOW_TRACKING_URI"] == stage  # what a subprocess started in the block sees
+    assert utils._tracking_uri == explicit
+    assert os.environ.get("MLFLOW_TRACKING_URI") == env
