@@ -151,6 +151,29 @@ def test_configurations_are_labelled_by_what_differs_that_matters():
     ]
 
 
+def test_a_param_one_group_alone_changes_is_named_on_that_group_only():
+    """batch_size=64 in one of four configurations labels that one; the three at 128 are not all labelled
+    batch_size=128. With two groups neither value is the usual one, so both are named."""
+    from pipeline.report import group_runs
+
+    kd = {"distill.losses.0.name": "kd", "distill.losses.0.temperature": "3.0", "distill.batch_size": "128"}
+    runs = [
+        FakeRun(1, {**kd, "distill.epochs": "30"}),
+        FakeRun(2, {**kd, "distill.epochs": "60"}),
+        FakeRun(3, {**kd, "distill.epochs": "60", "distill.batch_size": "64"}),
+        FakeRun(4, {**kd, "distill.epochs": "30", "distill.losses.0.temperature": "2.0"}),
+    ]
+    _, groups = group_runs(runs, [])
+    assert sorted(g.label for g in groups) == [
+        "kd T=2, epochs=30",
+        "kd T=3, batch_size=64, epochs=60",
+        "kd T=3, epochs=30",
+        "kd T=3, epochs=60",
+    ]
+    _, groups = group_runs(runs[1:3], [])
+    assert sorted(g.label for g in groups) == ["batch_size=128", "batch_size=64"]
+
+
 def test_loss_weights_show_when_they_differ_and_dvc_names_when_nothing_else_does():
     from pipeline.report import group_runs
 
