@@ -10,8 +10,9 @@ validation split, the chosen ones reported on the test split over seeds.
         --metric distill.gain --metric distill.gap_closed
 
 Run after `dvc repro teacher` (it reads models/teacher and data/prepared). Everything but the losses, the
-epochs (30, or the setting's own) and augmentation (off, or the setting's augment.ops) is the distill
-stage's configuration in params.yaml (student, optimiser, schedule, batch size). Every run records both
+epochs (30, or the setting's own), augmentation (off, or the setting's augment.ops), the optimiser fields a
+setting overrides (learning rate, weight decay, batch size) and the teacher (as trained, or flip-averaged)
+is the distill stage's configuration in params.yaml (student, optimiser, schedule, batch size). Every run records both
 its validation and its test accuracy in LOGIT_METHODS.jsonl (one line per run, appended as it finishes,
 so an interrupted sweep resumes where it stopped); the `sweep` phase and the choice read the validation
 accuracy only, `test` reruns nothing already measured.
@@ -328,7 +329,7 @@ def write_table(sweep_seeds: Sequence[int], test_seeds: Sequence[int], params_fi
         "stage's params.yaml (LeNet-5 with 32 hidden units, "
         f"{EPOCHS} epochs, AdamW one-cycle, batch 128, no augmentation unless the setting names it, "
         "so the teacher's logits are computed once per run); only the losses differ, and the epochs, "
-        "learning rate, weight decay or batch size where a setting names its own. Each run's per-run rows are in `LOGIT_METHODS.jsonl`.",
+        "learning rate, weight decay, batch size or teacher where a setting names its own. Each run's per-run rows are in `LOGIT_METHODS.jsonl`.",
         "",
         "## Sweep on the validation split (5,000 images held out of the training set)",
         "",
