@@ -379,7 +379,7 @@ def write_table(sweep_seeds: Sequence[int], test_seeds: Sequence[int], params_fi
             lines.append(f"| student alone | {label} | {mean_std(acc)}{partial} | | | {secs:.0f} | |")
             continue
         pairs = [(row[s]["test_accuracy"], alone[s]["test_accuracy"]) for s in seeds if s in alone]
-        teacher = teachers[SETTINGS[label].teacher]
+        teacher = teachers[row[seeds[0]].get("teacher", "plain")]  # what the runs learned from, as logged
         gain = mean_std([d - a for d, a in pairs], 100, 2, signed=True) if pairs else ""
         gap = (
             mean_std([(d - a) / (teacher - a) for d, a in pairs], 100, 0, signed=True) + " %" if pairs else ""
@@ -414,7 +414,8 @@ def log_to_mlflow(
     runs = load_runs()
     best = chosen(runs, sweep_seeds)
     test = by_setting(runs, test_seeds)
-    alone = test.get(best.get("alone", "ce"), {})
+    alone_label = best.get("alone", "ce")
+    alone = test.get(alone_label, {})
     teachers = teacher_accuracies(params_file)
     train = load_params(params_file).distill
     client = MlflowClient(tracking.tracking_uri())
@@ -442,7 +443,7 @@ def log_to_mlflow(
                 "distill.epochs": row["epochs"],
                 "distill.baseline_epochs": alone[seed]["epochs"],
                 # the student alone's setting: its epochs and, where it has its own, its optimiser
-                "benchmark.alone_setting": best.get("alone", "ce"),
+                "benchmark.alone_setting": alone_label,
                 "distill.augment": row.get("augment", []),
                 "benchmark.teacher": row.get("teacher", "plain"),
                 **{f"distill.{k}": row.get("train", {}).get(k, getattr(train, k)) for k in TRAIN_KEYS},
