@@ -164,25 +164,24 @@ def _losses_label(config: dict[str, str], show_weights: bool) -> str:
     return " + ".join(parts) or "ce"
 
 
-def _shared_but_once(key: str, groups: Sequence[Group]) -> str | None:
-    """The value of ``key`` that every group having it shares but one, where at least two share it; else
+def _usual(key: str, groups: Sequence[Group]) -> str | None:
+    """The value of ``key`` that more than half of the groups having it share, at least two of them; else
     None (with two groups neither value is the usual one)."""
     values = Counter(g.config[key] for g in groups if key in g.config)
-    if len(values) != 2:
-        return None
-    (common, n), (_, once) = values.most_common()
-    return common if n >= 2 and once == 1 else None
+    common, n = values.most_common(1)[0]
+    return common if n >= 2 and 2 * n > sum(values.values()) else None
 
 
 def labels(varying: Sequence[str], groups: Sequence[Group]) -> list[str]:
     """One readable label per group, from what differs between the groups and matters: the distillation
     losses in words when they differ (``kd T=3``, ``kd T=2 standardize``, ``dkd beta=2 T=4``), each other
     differing param as ``key=value`` without its section (``exclude_classes=[3]``); a group's DVC
-    experiment name when no param sets it apart; "all runs" for a single group. A param that one group
-    alone changes (``batch_size=64`` where every other group has 128) is named on that group only."""
+    experiment name when no param sets it apart; "all runs" for a single group. A param that most groups
+    leave at one value is named only on the groups that change it (``batch_size=64`` where every other
+    group has 128)."""
     loss_keys = [k for k in varying if k.startswith(LOSSES)]
     show_weights = any(k.endswith(".weight") for k in loss_keys)
-    usual = {k: v for k in varying if not k.startswith(LOSSES) and (v := _shared_but_once(k, groups))}
+    usual = {k: v for k in varying if not k.startswith(LOSSES) and (v := _usual(k, groups))}
     out = []
     for g in groups:
         parts = [_losses_label(g.config, show_weights)] if loss_keys else []

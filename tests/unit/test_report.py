@@ -151,9 +151,10 @@ def test_configurations_are_labelled_by_what_differs_that_matters():
     ]
 
 
-def test_a_param_one_group_alone_changes_is_named_on_that_group_only():
+def test_a_param_most_groups_leave_alone_is_named_on_the_groups_that_change_it():
     """batch_size=64 in one of four configurations labels that one; the three at 128 are not all labelled
-    batch_size=128. With two groups neither value is the usual one, so both are named."""
+    batch_size=128. With two groups neither value is the usual one, so both are named; a value shared by
+    half of the groups only is not the usual one either."""
     from pipeline.report import group_runs
 
     kd = {"distill.losses.0.name": "kd", "distill.losses.0.temperature": "3.0", "distill.batch_size": "128"}
@@ -172,6 +173,18 @@ def test_a_param_one_group_alone_changes_is_named_on_that_group_only():
     ]
     _, groups = group_runs(runs[1:3], [])
     assert sorted(g.label for g in groups) == ["batch_size=128", "batch_size=64"]
+    # two groups change the teacher, each its own way: the other three are not labelled teacher=plain
+    teacher = [{**kd, "benchmark.teacher": t} for t in ("plain", "plain", "plain", "flips", "seeds")]
+    teacher[1]["distill.losses.0.temperature"] = "2.0"
+    teacher[2]["distill.losses.0.temperature"] = "4.0"
+    _, groups = group_runs([FakeRun(i, c) for i, c in enumerate(teacher)], [])
+    assert sorted(g.label for g in groups) == [
+        "kd T=2",
+        "kd T=3",
+        "kd T=3, teacher=flips",
+        "kd T=3, teacher=seeds",
+        "kd T=4",
+    ]
 
 
 def test_loss_weights_show_when_they_differ_and_dvc_names_when_nothing_else_does():
