@@ -9,10 +9,11 @@ validation split, the chosen ones reported on the test split over seeds.
         --metric teacher.accuracy --metric student_alone.accuracy --metric student.accuracy \
         --metric distill.gain --metric distill.gap_closed
 
-Run after `dvc repro teacher` (it reads models/teacher and data/prepared). Everything but the losses, the
-epochs (30, or the setting's own), augmentation (off, or the setting's augment.ops), the optimiser fields a
-setting overrides (learning rate, weight decay, batch size) and the teacher (as trained, or flip-averaged)
-is the distill stage's configuration in params.yaml (student, optimiser, schedule, batch size). Every run records both
+Run after `dvc repro teacher` (it reads models/teacher and data/prepared; the seed-ensemble settings also
+read two more teachers, see SEED_TEACHERS). Everything but the losses, the epochs (30, or the setting's own),
+augmentation (off, or the setting's augment.ops), the optimiser fields a setting overrides (learning rate,
+weight decay, batch size) and the teacher (as trained, flip-averaged, or averaged with teachers of other
+seeds) is the distill stage's configuration in params.yaml (student, optimiser, schedule, batch size). Every run records both
 its validation and its test accuracy in LOGIT_METHODS.jsonl (one line per run, appended as it finishes,
 so an interrupted sweep resumes where it stopped); the `sweep` phase and the choice read the validation
 accuracy only, `test` reruns nothing already measured.
@@ -73,8 +74,36 @@ def _flip_averaged(teacher: torch.nn.Module) -> torch.nn.Module:
     return Ensemble([teacher, _Flipped(teacher)], [1.0, 1.0])
 
 
-# what a Setting's students learn from: the teacher as trained, or an ensemble of its two views
-TEACHERS = {"plain": lambda teacher: teacher, "flip-averaged": _flip_averaged}
+# teachers of the same configuration as models/teacher, trained from other seeds: make them with
+#   python benchmarks/compression_sweep.py teachers --names lenet5x4-e20 --seeds 1 2 --keep models/seed-teachers
+SEED_TEACHERS = [Path("models/seed-teachers") / f"lenet5x4-e20-{seed}" for seed in (1, 2)]
+
+
+def _seed_ensemble(teacher: torch.nn.Module) -> torch.nn.Module:
+    from pipeline.modelio import load_model
+    from pipeline.teachers import Ensemble
+
+    missing = [str(p) for p in SEED_TEACHERS if not (p / "model.json").exists()]
+    if missing:
+        raise SystemExit(
+            f"the seed ensemble needs the teachers {', '.join(missing)}: train them with "
+            "`python benchmarks/compression_sweep.py teachers --names lenet5x4-e20 --seeds 1 2 "
+            "--keep models/seed-teachers`"
+        )
+    # members that differ only in their seed: independent errors, so their average is a stronger teacher
+    # whose soft targets also carry where the members disagree
+    members = [teacher, *(load_model(p, torch.device("cpu"))[0].eval() for p in SEED_TEACHERS)]
+    return Ensemble(members, [1.0] * len(members))
+
+
+# what a Setting's students learn from: the teacher as trained, an ensemble of its two views, or an
+# ensemble of it and two teachers trained the same way from other seeds (a list of teacher.source files in
+# the pipeline)
+TEACHERS = {
+    "plain": lambda teacher: teacher,
+    "flip-averaged": _flip_averaged,
+    "seed-ensemble": _seed_ensemble,
+}
 
 
 @dataclass(frozen=True)
@@ -138,6 +167,14 @@ CANDIDATES: dict[str, dict[str, Setting]] = {
     # mirror image (test 0.9299 against 0.9268). Its gap closed is measured against that stronger teacher
     "kd, flip-averaged teacher": {
         "kd T=3, 60 epochs, flip-averaged teacher": Setting(KD_T3, 60, teacher="flip-averaged"),
+    },
+    # a stronger teacher that costs training: the teacher and two more trained from seeds 1 and 2 (about
+    # 7 CPU minutes each), their probabilities averaged
+    "kd, seed ensemble": {
+        "kd T=3, 60 epochs, 3-seed ensemble": Setting(KD_T3, 60, teacher="seed-ensemble"),
+        "kd T=2, 60 epochs, 3-seed ensemble": Setting(
+            [spec("kd", 0.5, temperature=2.0), CE_HALF], 60, teacher="seed-ensemble"
+        ),
     },
     # KD plus a FitNets hint: the student's last feature map (16 channels, 5x5) regressed by a 1x1
     # convolution onto the teacher's (64 channels), or its 32-unit hidden layer by a linear map onto the
@@ -289,9 +326,15 @@ def losses_text(losses: list[dict]) -> str:
     return " + ".join(one(s) for s in losses)
 
 
-def teacher_accuracies(params_file: str) -> dict[str, float]:
-    """Test accuracy of each kind of teacher in TEACHERS: a setting's gap closed is measured against the
-    teacher it learned from."""
+def teacher_kinds(runs: list[dict]) -> list[str]:
+    """The kinds of teacher (keys of TEACHERS) that ``runs`` learned from, the plain one always."""
+    used = {r.get("teacher", "plain") for r in runs}
+    return [kind for kind in TEACHERS if kind == "plain" or kind in used]
+
+
+def teacher_accuracies(params_file: str, kinds: Sequence[str]) -> dict[str, float]:
+    """Test accuracy of each of these kinds of teacher (keys of TEACHERS): a setting's gap closed is
+    measured against the teacher it learned from."""
     from common import pipeline_inputs
 
     from pipeline.evaluation import accuracy, predict_logits
@@ -300,8 +343,8 @@ def teacher_accuracies(params_file: str) -> dict[str, float]:
     splits, teacher = pipeline_inputs(load_params(params_file))
     x, y = (torch.from_numpy(a) for a in (splits["test"].x, splits["test"].y))
     return {
-        kind: accuracy(predict_logits(make(teacher).eval(), x, torch.device("cpu")), y)
-        for kind, make in TEACHERS.items()
+        kind: accuracy(predict_logits(TEACHERS[kind](teacher).eval(), x, torch.device("cpu")), y)
+        for kind in kinds
     }
 
 
@@ -349,14 +392,16 @@ def write_table(sweep_seeds: Sequence[int], test_seeds: Sequence[int], params_fi
                 f"| {method} | {label}{mark} | {losses_text(SETTINGS[label].losses)} | {cells} | {mean} |"
             )
 
-    teachers = teacher_accuracies(params_file)
+    teachers = teacher_accuracies(params_file, teacher_kinds(runs))
     test = by_setting(runs, test_seeds)
     alone = test.get(best.get("alone", "ce"), {})
     lines += [
         "",
         f"## Test split (10,000 images), seeds {', '.join(map(str, test_seeds))}",
         "",
-        f"Teacher test accuracy {teachers['plain']:.4f} (flip-averaged: {teachers['flip-averaged']:.4f}). "
+        f"Teacher test accuracy {teachers['plain']:.4f}"
+        + "".join(f"; {kind}: {acc:.4f}" for kind, acc in teachers.items() if kind != "plain")
+        + ". "
         "Gain: distilled minus the student alone of the same seed; gap closed: the gain divided by (teacher "
         "- student alone) of that seed, the teacher the setting learned from. s/run: the fit's training time "
         "(two runs sharing the 2 cores); vs KD time: its ratio to KD's runs of the same seeds made within the "
@@ -406,6 +451,7 @@ def log_to_mlflow(
     """Each chosen setting's test runs as MLflow runs (tag ``distillops.stage`` = ``benchmark``) with the
     metric names of the pipeline's evaluate runs, so `distillops report --stage benchmark` tabulates and
     draws them like pipelines; the student alone of the same seed is each run's baseline."""
+    from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
 
     from pipeline import tracking
@@ -416,7 +462,7 @@ def log_to_mlflow(
     test = by_setting(runs, test_seeds)
     alone_label = best.get("alone", "ce")
     alone = test.get(alone_label, {})
-    teachers = teacher_accuracies(params_file)
+    teachers = teacher_accuracies(params_file, teacher_kinds(runs))
     train = load_params(params_file).distill
     client = MlflowClient(tracking.tracking_uri())
     exp = client.get_experiment_by_name(experiment)
@@ -450,8 +496,6 @@ def log_to_mlflow(
             }
             for i, spec_ in enumerate(row["losses"]):
                 params.update({f"distill.losses.{i}.{k}": v for k, v in spec_.items()})
-            for key, value in params.items():
-                client.log_param(run.info.run_id, key, value)
             metrics = {
                 "teacher.accuracy": teacher,
                 "student_alone.accuracy": base,
@@ -461,8 +505,12 @@ def log_to_mlflow(
                 "distill.gap_closed": (row["test_accuracy"] - base) / (teacher - base),
                 "distill.fit_seconds": row["fit_seconds"],
             }
-            for key, value in metrics.items():
-                client.log_metric(run.info.run_id, key, value)
+            now = int(time.time() * 1000)
+            client.log_batch(  # one request per run
+                run.info.run_id,
+                metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
+                params=[Param(k, str(v)) for k, v in params.items()],
+            )
             client.set_terminated(run.info.run_id)
             logged += 1
     return logged
