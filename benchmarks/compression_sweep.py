@@ -60,6 +60,7 @@ STUDENTS: dict[str, dict[str, Any]] = {
     "lenet5": {"student.model": {"name": "lenet5"}},
     "lenet5-h64": {"student.model": {"name": "lenet5", "hidden": [64]}},
     "lenet5-h32": {"student.model": {"name": "lenet5", "hidden": [32]}},
+    "lenet5-w1.5-h32": {"student.model": {"name": "lenet5", "width": 1.5, "hidden": [32]}},
     "lenet5-w0.5-h32": {"student.model": {"name": "lenet5", "width": 0.5, "hidden": [32]}},
     "lenet5-w0.5-h16": {"student.model": {"name": "lenet5", "width": 0.5, "hidden": [16]}},
     "lenet5-w0.75-h16": {"student.model": {"name": "lenet5", "width": 0.75, "hidden": [16]}},
