@@ -169,7 +169,7 @@ CANDIDATES: dict[str, dict[str, Setting]] = {
         "kd T=3, 60 epochs, flip-averaged teacher": Setting(KD_T3, 60, teacher="flip-averaged"),
     },
     # a stronger teacher that costs training: the teacher and two more trained from seeds 1 and 2 (about
-    # 7 CPU minutes each), their probabilities averaged
+    # 10 minutes each, two at once on 2 cores), their probabilities averaged
     "kd, seed ensemble": {
         "kd T=3, 60 epochs, 3-seed ensemble": Setting(KD_T3, 60, teacher="seed-ensemble"),
         "kd T=2, 60 epochs, 3-seed ensemble": Setting(
