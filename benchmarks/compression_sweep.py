@@ -61,6 +61,9 @@ STUDENTS: dict[str, dict[str, Any]] = {
     "lenet5-h64": {"student.model": {"name": "lenet5", "hidden": [64]}},
     "lenet5-h32": {"student.model": {"name": "lenet5", "hidden": [32]}},
     "lenet5-w1.5-h32": {"student.model": {"name": "lenet5", "width": 1.5, "hidden": [32]}},
+    # assistant teachers (TAKD), between the student (15.7k) and the teacher (452k): 87.8k and 177k
+    "lenet5-w2-h96": {"student.model": {"name": "lenet5", "width": 2, "hidden": [96]}},
+    "lenet5-w3-h128": {"student.model": {"name": "lenet5", "width": 3, "hidden": [128]}},
     "lenet5-w0.5-h32": {"student.model": {"name": "lenet5", "width": 0.5, "hidden": [32]}},
     "lenet5-w0.5-h16": {"student.model": {"name": "lenet5", "width": 0.5, "hidden": [16]}},
     "lenet5-w0.75-h16": {"student.model": {"name": "lenet5", "width": 0.75, "hidden": [16]}},
@@ -134,7 +137,7 @@ def train(params: Params, stage: str, model_key: str, variant: Variant, out: Pat
 def run_teachers(raw: dict[str, Any], args: argparse.Namespace, emit: Any) -> None:
     for name in args.names or TEACHERS:
         for seed in args.seeds:
-            keep = Path(args.keep) / f"{name}-{seed}"
+            keep = Path(args.keep or "sweep-teachers") / f"{name}-{seed}"
             params = with_overrides(
                 raw,
                 {**TEACHERS[name], **parse_sets(args.set)},
@@ -161,7 +164,7 @@ def run_students(raw: dict[str, Any], args: argparse.Namespace, emit: Any) -> No
             if args.skip_distilled:
                 pairs = pairs[:1]
             for variant, key in pairs:
-                out = Path(args.tmp) / f"{name}-{seed}-{variant}"
+                out = Path(args.keep or args.tmp) / f"{name}-{seed}-{variant}"
                 params = with_overrides(
                     raw,
                     {**STUDENTS[name], **parse_sets(args.set)},
@@ -306,7 +309,11 @@ def main() -> None:
     parser.add_argument(
         "--teacher", help="a trained teacher's folder (students phase); {seed} is replaced by each seed"
     )
-    parser.add_argument("--keep", default="sweep-teachers", help="where the teachers phase saves models")
+    parser.add_argument(
+        "--keep",
+        help="where the teachers phase saves models (default sweep-teachers); the students phase keeps its "
+        "models there only when given (a distilled model may then teach, as an assistant teacher)",
+    )
     parser.add_argument("--images", type=int, default=5000)
     parser.add_argument("--skip-alone", action="store_true", help="students: train the distilled one only")
     parser.add_argument(

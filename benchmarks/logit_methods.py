@@ -10,10 +10,11 @@ validation split, the chosen ones reported on the test split over seeds.
         --metric distill.gain --metric distill.gap_closed
 
 Run after `dvc repro teacher` (it reads models/teacher and data/prepared; the seed-ensemble settings also
-read two more teachers, see SEED_TEACHERS). Everything but the losses, the epochs (30, or the setting's own),
+read two more teachers, see SEED_TEACHERS, and the assistant settings a student distilled from the
+teacher, see ASSISTANTS). Everything but the losses, the epochs (30, or the setting's own),
 augmentation (off, or the setting's augment.ops), the optimiser fields a setting overrides (learning rate,
-weight decay, batch size) and the teacher (as trained, flip-averaged, or averaged with teachers of other
-seeds) is the distill stage's configuration in params.yaml (student, optimiser, schedule, batch size). Every run records both
+weight decay, batch size) and the teacher (as trained, flip-averaged, averaged with teachers of other
+seeds, or an assistant distilled from it) is the distill stage's configuration in params.yaml (student, optimiser, schedule, batch size). Every run records both
 its validation and its test accuracy in LOGIT_METHODS.jsonl (one line per run, appended as it finishes,
 so an interrupted sweep resumes where it stopped); the `sweep` phase and the choice read the validation
 accuracy only, `test` reruns nothing already measured.
@@ -96,14 +97,42 @@ def _seed_ensemble(teacher: torch.nn.Module) -> torch.nn.Module:
     return Ensemble(members, [1.0] * len(members))
 
 
-# what a Setting's students learn from: the teacher as trained, an ensemble of its two views, or an
-# ensemble of it and two teachers trained the same way from other seeds (a list of teacher.source files in
-# the pipeline)
+# assistant teachers (Mirzadeh et al., AAAI 2020, "TAKD"): students of a size between the teacher (452k
+# parameters) and the student (15.7k), distilled from the teacher with params.yaml's KD (seed 0); make them with
+#   python benchmarks/compression_sweep.py students --names "lenet5-w2-h96|kd-T3" --skip-alone \
+#       --teacher models/teacher --seeds 0 --keep models/assistants     (and lenet5-w3-h128)
+ASSISTANTS = {
+    "assistant-88k": Path("models/assistants") / "lenet5-w2-h96|kd-T3-0-student",
+    "assistant-177k": Path("models/assistants") / "lenet5-w3-h128|kd-T3-0-student",
+}
+
+
+def _assistant(kind: str):  # noqa: ANN202 - a TEACHERS entry
+    def build(teacher: torch.nn.Module) -> torch.nn.Module:
+        from pipeline.modelio import load_model
+
+        path = ASSISTANTS[kind]
+        if not (path / "model.json").exists():
+            raise SystemExit(f"the {kind} setting needs the assistant {path}: see ASSISTANTS for its command")
+        # the student learns from the assistant only: a teacher closer to its own size, whose function it
+        # can follow more closely than the teacher's
+        return load_model(path, torch.device("cpu"))[0].eval()
+
+    return build
+
+
+# what a Setting's students learn from: the teacher as trained, an ensemble of its two views, an ensemble
+# of it and two teachers trained the same way from other seeds (a list of teacher.source files in the
+# pipeline), or an assistant distilled from it
 TEACHERS = {
     "plain": lambda teacher: teacher,
     "flip-averaged": _flip_averaged,
     "seed-ensemble": _seed_ensemble,
+    **{kind: _assistant(kind) for kind in ASSISTANTS},
 }
+# the teacher a kind's gap closed is measured against, where it is not the kind itself: an assistant is a
+# means to approach the teacher, so its students are measured against the teacher's accuracy
+GAP_AGAINST = dict.fromkeys(ASSISTANTS, "plain")
 
 
 @dataclass(frozen=True)
@@ -179,6 +208,15 @@ CANDIDATES: dict[str, dict[str, Setting]] = {
     # KD plus a FitNets hint: the student's last feature map (16 channels, 5x5) regressed by a 1x1
     # convolution onto the teacher's (64 channels), or its 32-unit hidden layer by a linear map onto the
     # teacher's 256 units (weighted so both start near KD's scale: mean squares 0.48 and 4.7)
+    # the student matches the teacher on only 95.9 % of its own training images, and a stronger teacher
+    # lifted it no further: an assistant of a size in between, distilled from the teacher, may be easier to
+    # follow (TAKD: a large capacity gap is what holds KD back)
+    "kd, assistant teacher": {
+        "kd T=3, assistant 88k": Setting(KD_T3, teacher="assistant-88k"),
+        "kd T=3, 60 epochs, assistant 88k": Setting(KD_T3, 60, teacher="assistant-88k"),
+        "kd T=3, assistant 177k": Setting(KD_T3, teacher="assistant-177k"),
+        "kd T=3, 60 epochs, assistant 177k": Setting(KD_T3, 60, teacher="assistant-177k"),
+    },
     "kd + fitnets": {
         "kd T=3 + fitnets features, 60 epochs": Setting([*KD_T3, spec("fitnets", 1.0)], 60),
         "kd T=3 + fitnets hidden, 60 epochs": Setting(
@@ -348,6 +386,13 @@ def teacher_accuracies(params_file: str, kinds: Sequence[str]) -> dict[str, floa
     }
 
 
+def gap_teacher(row: dict, teachers: dict[str, float]) -> float:
+    """The test accuracy a run's gap closed is measured against: the teacher it learned from, as logged,
+    or the one that teacher stands in for (GAP_AGAINST)."""
+    kind = row.get("teacher", "plain")
+    return teachers[GAP_AGAINST.get(kind, kind)]
+
+
 def _dates(runs: list[dict]) -> str:
     """When the runs were made: one day, or the first and the last."""
     days = sorted({r["date"][:10] for r in runs})
@@ -403,7 +448,8 @@ def write_table(sweep_seeds: Sequence[int], test_seeds: Sequence[int], params_fi
         + "".join(f"; {kind}: {acc:.4f}" for kind, acc in teachers.items() if kind != "plain")
         + ". "
         "Gain: distilled minus the student alone of the same seed; gap closed: the gain divided by (teacher "
-        "- student alone) of that seed, the teacher the setting learned from. s/run: the fit's training time "
+        "- student alone) of that seed, the teacher the setting learned from (for an assistant, the teacher it "
+        "was distilled from). s/run: the fit's training time "
         "(two runs sharing the 2 cores); vs KD time: its ratio to KD's runs of the same seeds made within the "
         "hour (under the same load; the seeds it names where only some were).",
         "",
@@ -424,7 +470,7 @@ def write_table(sweep_seeds: Sequence[int], test_seeds: Sequence[int], params_fi
             lines.append(f"| student alone | {label} | {mean_std(acc)}{partial} | | | {secs:.0f} | |")
             continue
         pairs = [(row[s]["test_accuracy"], alone[s]["test_accuracy"]) for s in seeds if s in alone]
-        teacher = teachers[row[seeds[0]].get("teacher", "plain")]  # what the runs learned from, as logged
+        teacher = gap_teacher(row[seeds[0]], teachers)
         gain = mean_std([d - a for d, a in pairs], 100, 2, signed=True) if pairs else ""
         gap = (
             mean_std([(d - a) / (teacher - a) for d, a in pairs], 100, 0, signed=True) + " %" if pairs else ""
@@ -478,7 +524,7 @@ def log_to_mlflow(
             if seed not in alone:
                 continue
             base = alone[seed]["test_accuracy"]
-            teacher = teachers[row.get("teacher", "plain")]
+            teacher = gap_teacher(row, teachers)
             run = client.create_run(
                 exp_id,
                 run_name=f"{label}, seed {seed}",
